@@ -1,0 +1,60 @@
+"""Semantic checks: what JSON Schema cannot say about one file, and what holds across files."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..findings import Finding, Severity
+from ..source import Document
+from .campaign import check_campaign
+from .context import ProjectContext
+from .settings import check_settings
+from .social import check_persona, check_posting_plan
+
+_BY_KIND: dict[str, Callable[[Document, ProjectContext], list[Finding]]] = {
+    "Settings": check_settings,
+    "Campaign": check_campaign,
+    "Persona": check_persona,
+    "PostingPlan": check_posting_plan,
+}
+
+# Campaigns and posting plans both become Dagster asset-key prefixes, so they share names.
+_NAMESPACE = {"Campaign": "run", "PostingPlan": "run", "Persona": "persona"}
+
+
+def check_document(doc: Document, ctx: ProjectContext) -> list[Finding]:
+    kind = doc.kind
+    return _BY_KIND[kind](doc, ctx) if kind in _BY_KIND else []
+
+
+def check_across_files(docs: list[Document]) -> list[Finding]:
+    """Names unique across files; one Settings file."""
+    findings: list[Finding] = []
+    seen: dict[tuple[str, str], Document] = {}
+    settings: list[Document] = []
+    for doc in docs:
+        if doc.kind == "Settings":
+            settings.append(doc)
+            continue
+        namespace = _NAMESPACE.get(doc.kind or "")
+        if namespace is None or doc.name is None:
+            continue
+        first = seen.setdefault((namespace, doc.name), doc)
+        if first is doc:
+            continue
+        loc = doc.locate(("name",))
+        first_loc = first.locate(("name",))
+        findings.append(Finding(
+            Severity.ERROR, "N001", f"{doc.kind} name `{doc.name}` is already used by the {first.kind} in "
+            f"{first.path}:{first_loc.line}", doc.path, loc.line, loc.column, "name",
+            expected="a name unique across campaigns and posting plans" if namespace == "run" else "a unique persona name",
+            hint="Dagster asset keys are prefixed with this name, so two files cannot share it", span=loc.span))
+    for extra in settings[1:]:
+        loc = extra.locate(("kind",))
+        findings.append(Finding(Severity.ERROR, "N002", f"a second Settings file (the first is {settings[0].path})",
+                                extra.path, loc.line, loc.column, "kind",
+                                hint="keep project settings in one file, configs/campaignflow.yaml"))
+    return findings
+
+
+__all__ = ["ProjectContext", "check_across_files", "check_document"]

@@ -1,0 +1,142 @@
+"""Calendar facts about a schedule: time zones, cron expressions and quiet hours.
+
+Kept free of Dagster so the validator stays fast; the compiler turns the same schedule into
+Dagster schedules and partitions.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, time, timedelta
+from functools import cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from croniter import croniter
+
+DEFAULT_TIMEZONE = "Asia/Seoul"
+_DURATION_PART = re.compile(r"([0-9]+)([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def parse_duration(text: str) -> timedelta:
+    """`1h30m` -> 1:30:00. The schema guarantees the shape."""
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a duration: {text!r}")
+    return timedelta(seconds=sum(int(n) * _UNIT_SECONDS[u] for n, u in parts))
+
+
+@cache
+def _zone_names() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def zone(name: str) -> ZoneInfo:
+    """A ZoneInfo, or ValueError naming the bad zone (never a path-like lookup)."""
+    if name not in _zone_names():
+        raise ValueError(f"unknown time zone {name!r}")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:  # pragma: no cover - guarded above
+        raise ValueError(f"unknown time zone {name!r}") from exc
+
+
+def similar_zones(name: str) -> list[str]:
+    import difflib
+
+    lowered = {z.lower(): z for z in _zone_names()}
+    if name.lower() in lowered:
+        return [lowered[name.lower()]]
+    return difflib.get_close_matches(name, sorted(_zone_names()), n=2, cutoff=0.6)
+
+
+def cron_problem(expression: str) -> str | None:
+    """Why a five-field cron expression is invalid, or None."""
+    fields = expression.split()
+    if len(fields) != 5:
+        return f"a cron expression has 5 fields (minute hour day month weekday); this one has {len(fields)}"
+    if not croniter.is_valid(expression):
+        try:
+            croniter(expression)
+        except Exception as exc:  # croniter raises several types; we only want the text
+            return str(exc) or "invalid cron expression"
+        return "invalid cron expression"
+    return None
+
+
+def cron_hours_and_minutes(expression: str) -> tuple[list[int], list[int]]:
+    """Expanded minute and hour fields of a valid cron expression."""
+    expanded, _ = croniter.expand(expression)
+    minutes = [m for m in expanded[0] if isinstance(m, int)] or list(range(60))
+    hours = [h for h in expanded[1] if isinstance(h, int)] or list(range(24))
+    return minutes, hours
+
+
+def parse_clock(text: str) -> time:
+    hour, minute = text.split(":")
+    return time(int(hour), int(minute))
+
+
+def parse_local_datetime(text: str, tz: ZoneInfo) -> datetime:
+    """An `at`/`start`/`end` value as an aware datetime in `tz` unless it carries its own offset."""
+    value = datetime.fromisoformat(text.replace(" ", "T").replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=tz)
+
+
+def in_quiet_hours(moment: time, start: time, end: time) -> bool:
+    """Whether a local wall-clock time falls in [start, end), wrapping past midnight."""
+    if start == end:
+        return False
+    if start < end:
+        return start <= moment < end
+    return moment >= start or moment < end
+
+
+def quiet_hour_firing(schedule: dict[str, object], tz: ZoneInfo, start: time, end: time) -> str | None:
+    """A human description of a firing time of `schedule` inside quiet hours, or None.
+
+    `immediate` fires whenever the campaign is switched on, so it cannot be judged here: the
+    runtime defers or skips such a tick.
+    """
+    recurring = schedule.get("recurring")
+    if isinstance(recurring, dict):
+        at = parse_clock(str(recurring["time"]))
+        return f"it fires at {recurring['time']}" if in_quiet_hours(at, start, end) else None
+    cron = schedule.get("cron")
+    if isinstance(cron, str):
+        minutes, hours = cron_hours_and_minutes(cron)
+        for hour in hours:
+            for minute in minutes:
+                if in_quiet_hours(time(hour, minute), start, end):
+                    return f"cron `{cron}` fires at {hour:02d}:{minute:02d}"
+        return None
+    when = schedule.get("at")
+    if isinstance(when, str):
+        local = parse_local_datetime(when, tz).astimezone(tz)
+        if in_quiet_hours(local.time(), start, end):
+            return f"it fires at {local:%H:%M} local time"
+    return None
+
+
+def describe_schedule(schedule: dict[str, object], default_tz: str = DEFAULT_TIMEZONE) -> str:
+    """One line for people: `daily at 09:00 (Asia/Seoul)`."""
+    tz = schedule.get("timezone", default_tz)
+    if schedule.get("immediate"):
+        what = "once, as soon as it is active"
+    elif "at" in schedule:
+        what = f"once at {schedule['at']}"
+    elif "cron" in schedule:
+        what = f"cron `{schedule['cron']}`"
+    else:
+        rule = schedule.get("recurring")
+        assert isinstance(rule, dict)
+        every = int(rule.get("interval", 1))
+        unit = {"daily": "day", "weekly": "week", "monthly": "month"}[str(rule["frequency"])]
+        what = f"every {unit}" if every == 1 else f"every {every} {unit}s"
+        if rule["frequency"] == "weekly" and rule.get("daysOfWeek"):
+            what += " on " + ", ".join(str(d) for d in rule["daysOfWeek"])  # type: ignore[union-attr]
+        if rule["frequency"] == "monthly":
+            what += f" on day {rule.get('dayOfMonth', 1)}"
+        what += f" at {rule['time']}"
+    return f"{what} ({tz})"
