@@ -213,7 +213,10 @@ def _scan(sql: str) -> _Scan:
         if kind in ("string", "ident", "exec", "block", "line"):
             masked.append(sql[pos:start])
             # Keep a quote character so a blanked literal is still "not a word".
-            masked.append(text[0] + " " * (len(text) - 1) if kind in ("string", "ident") else " " * len(text))
+            if kind in ("string", "ident"):
+                masked.append(text[0] + " " * (len(text) - 1))
+            else:
+                masked.append(" " * len(text))
             parse_text.append(sql[pos:end])
             pos = end
             if kind == "exec" and executable is None:
@@ -221,7 +224,8 @@ def _scan(sql: str) -> _Scan:
                     sql,
                     start,
                     "sql-syntax",
-                    "MySQL executable comments (/*! ... */) are not allowed because MySQL runs their content but it cannot be checked",
+                    "MySQL executable comments (/*! ... */) are not allowed because MySQL "
+                    "runs their content but it cannot be checked",
                     "Write the content as plain SQL or remove the comment.",
                 )
             continue
@@ -232,9 +236,12 @@ def _scan(sql: str) -> _Scan:
                 start,
                 "sql-syntax",
                 f"Unterminated {what}: it is opened here but never closed",
-                "Close it; inside literals double the quote ('') or escape it (\\').",
+                "Close it; inside a literal write a quote as '' or \\'."
+                if what == "string literal"
+                else "Close it.",
             )
             masked.append(sql[pos:start])
+            masked.append(" " * (len(sql) - start))
             parse_text.append(sql[pos:])
             pos = len(sql)
             break
@@ -246,7 +253,8 @@ def _scan(sql: str) -> _Scan:
                         sql,
                         start,
                         "sql-syntax",
-                        f"':{name}' is not a valid parameter name: names must start with a letter or '_' and use only ASCII letters, digits and '_'",
+                        f"':{name}' is not a valid parameter name: names must start with a "
+                        "letter or '_' and use only ASCII letters, digits and '_'",
                     )
             else:
                 names.setdefault(name, None)
@@ -274,7 +282,8 @@ def _scan(sql: str) -> _Scan:
                 start,
                 "sql-syntax",
                 "This ':' is not a bind parameter and is not valid MySQL outside a string",
-                "Parameters are written :name, not directly after a letter, digit, '_', ':' or '\\', and not followed by ':'.",
+                "Parameters are written :name, not directly after a letter, digit, '_', "
+                "':' or '\\', and not followed by ':'.",
             )
         elif kind == "qmark":
             lexical = _problem(
@@ -401,7 +410,8 @@ def _with_main_keyword(masked: str, start: int) -> re.Match[str] | None:
 
 
 def _statement_label(masked: str, keyword: re.Match[str]) -> str:
-    """"DELETE", or two words for statements named by their object ("DROP TABLE")."""
+    """Name a rejected statement: one keyword, or two when the second says what
+    it acts on ("DROP TABLE", "LOAD DATA")."""
     kind = keyword.group(1).upper()
     if kind in _TWO_WORD_KEYWORDS:
         second = _NEXT_WORD.match(masked, keyword.end())
@@ -427,7 +437,11 @@ def _node_kind(node: exp.Expr) -> str:
 
 def _not_read_only(sql: str, offset: int, kind: str) -> SqlProblem:
     return _problem(
-        sql, offset, "sql-not-read-only", f"{kind} is not allowed: {_READ_ONLY_RULE}", _READ_ONLY_HINT
+        sql,
+        offset,
+        "sql-not-read-only",
+        f"{kind} is not allowed: {_READ_ONLY_RULE}",
+        _READ_ONLY_HINT,
     )
 
 
@@ -459,7 +473,8 @@ def _locking_problem(sql: str, offset: int, clause: str) -> SqlProblem:
         sql,
         offset,
         "sql-locking-read",
-        f"{clause} is not allowed: it locks rows in the production database and audience SQL must only read",
+        f"{clause} is not allowed: it locks rows in the production database and "
+        "audience SQL must only read",
         "Remove the locking clause; a plain SELECT reads a consistent snapshot.",
     )
 
@@ -533,7 +548,11 @@ def _parse(sql: str, scan: _Scan) -> exp.Expr:
         ) from None
     except RecursionError:
         raise _problem(
-            sql, 0, "sql-syntax", "The SQL is nested too deeply to be analysed", "Simplify the query."
+            sql,
+            0,
+            "sql-syntax",
+            "The SQL is nested too deeply to be analysed",
+            "Simplify the query.",
         ) from None
     except Exception as error:  # sqlglot bug on odd input: still a clean SqlProblem
         raise _problem(
@@ -637,7 +656,8 @@ def _check(sql: str) -> SelectShape:
             raise _into_problem(sql, masked, into) from None
         lock = _LOCKING.search(masked)
         if lock and problem_offset >= lock.start():
-            raise _locking_problem(sql, lock.start(), " ".join(lock.group().upper().split())) from None
+            clause = " ".join(lock.group().upper().split())
+            raise _locking_problem(sql, lock.start(), clause) from None
         raise
 
     query = root
@@ -654,7 +674,8 @@ def _check(sql: str) -> SelectShape:
             sql,
             offset,
             "sql-syntax",
-            f"Syntax error near '{word.group() if word else ''}': expected a SELECT or WITH statement",
+            f"Syntax error near '{word.group() if word else ''}': "
+            "expected a SELECT or WITH statement",
         )
 
     cte_names: set[str] = set()

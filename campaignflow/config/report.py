@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from typing import Literal
 
 from .findings import Finding
 from .validate import ValidationResult
 
 Format = Literal["text", "json", "github"]
+
+
+def _display_width(text: str) -> int:
+    """Terminal columns: Hangul and other wide characters take two, so carets line up."""
+    return sum(2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1 for ch in text)
 
 
 def _excerpt(finding: Finding, sources: dict[str, str]) -> list[str]:
@@ -20,7 +26,9 @@ def _excerpt(finding: Finding, sources: dict[str, str]) -> list[str]:
     if not line.strip():
         return []
     gutter = f"{finding.line:>5} | "
-    caret = " " * (len(gutter) - 2) + "| " + " " * (finding.column - 1) + "^" * max(finding.span, 1)
+    lead = _display_width(line[: finding.column - 1].replace("\t", " "))
+    marked = _display_width(line[finding.column - 1: finding.column - 1 + finding.span]) if finding.span else 1
+    caret = " " * (len(gutter) - 2) + "| " + " " * lead + "^" * max(marked, 1)
     return [gutter + line, caret]
 
 

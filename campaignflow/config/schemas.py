@@ -197,7 +197,8 @@ class _Translator:
 
     def _on_enum(self, error: ValidationError) -> Iterator[Finding]:
         options = [str(v) for v in error.validator_value]
-        hint = _did_you_mean(str(error.instance), options) if isinstance(error.instance, str) else None
+        hint = (_did_you_mean(str(error.instance), options) if isinstance(error.instance, str)
+                else _yaml_typing_hint(self.doc, tuple(error.absolute_path), error.instance, "string"))
         yield self._finding(error, "S104", f"{self._where(error)} is {_show(error.instance)}, which is not allowed",
                             expected="one of " + ", ".join(f"`{o}`" for o in options), hint=hint)
 
@@ -315,7 +316,14 @@ def schema_findings(doc: Document, kind: str) -> list[Finding]:
     findings: list[Finding] = []
     for error in validator_for(kind).iter_errors(doc.data):
         findings.extend(translate(error))
-    return findings
+    return _without_echoes(findings)
+
+
+def _without_echoes(findings: list[Finding]) -> list[Finding]:
+    """Drop "missing `channel`" when the same mapping has `chanel` and we already said so."""
+    suggested = {(f.path.rpartition(".")[0], f.hint) for f in findings if f.code == "S101" and f.hint}
+    return [f for f in findings
+            if not (f.code == "S102" and (f.path, f"did you mean `{f.message.split('`')[1]}`?") in suggested)]
 
 
 def header_findings(doc: Document) -> list[Finding]:

@@ -228,10 +228,12 @@ def _decode(path: str, raw: bytes) -> str | Finding:
 
 
 def _yaml_error(path: str, text: str, exc: yaml.YAMLError) -> Finding:
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
     problem = getattr(exc, "problem", None) or str(exc)
     context = getattr(exc, "context", None)
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if "end of stream" in problem and getattr(exc, "context_mark", None) is not None:
+        mark = exc.context_mark  # type: ignore[attr-defined]  # where the unfinished thing began
+    line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
     lines = text.splitlines()
     here = lines[line - 1] if 0 < line <= len(lines) else ""
     if "\t" in problem or ("\t" in here[: max(column, 1)] and here[: column - 1].strip(" \t") == ""):
@@ -248,6 +250,8 @@ def _yaml_error(path: str, text: str, exc: yaml.YAMLError) -> Finding:
         hint = "a key is missing its colon, or a multi-line value needs `|`"
     elif "found character '%'" in problem or "found character '@'" in problem or "found character '`'" in problem:
         hint = "quote values that start with %, @ or `"
+    elif "end of stream" in problem and context and "quoted" in context:
+        hint = "the closing quote of this value is missing"
     elif "found undefined alias" in problem:
         hint = "define the anchor (&name) before using the alias (*name)"
     return Finding(Severity.ERROR, "Y004", message, path, line, column, hint=hint)

@@ -269,7 +269,10 @@ def test_with_introducing_other_statements(sql: str, kind: str, line: int) -> No
 
 
 def test_with_recursive_and_parenthesised_body_are_fine() -> None:
-    sql = "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3) SELECT i FROM n"
+    sql = (
+        "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3) "
+        "SELECT i FROM n"
+    )
     assert analyze_select(sql).columns == ("i",)
     assert analyze_select("WITH x AS (SELECT 1 AS a) (SELECT a FROM x)").columns == ("a",)
 
@@ -434,7 +437,13 @@ SQL_PIECES = st.sampled_from(
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.one_of(st.text(max_size=60), st.lists(SQL_PIECES | st.text(max_size=3), max_size=25).map(" ".join)))
+@given(
+    st.one_of(
+        st.text(max_size=60),
+        st.lists(SQL_PIECES | st.text(max_size=3), max_size=25).map(" ".join),
+        st.lists(SQL_PIECES, max_size=25).map("".join),
+    )
+)
 def test_arbitrary_text_gives_shape_or_problem(sql: str) -> None:
     try:
         result = analyze_select(sql)
@@ -484,5 +493,5 @@ def test_generated_aliases_round_trip(items: list[tuple[str, str, bool]]) -> Non
     sql = f"SELECT {', '.join(parts)} FROM t WHERE k IN :keys"
     shape = analyze_select(sql)
     assert shape.columns == tuple(alias for _, alias, _ in items)
-    expected_parameters = ("param", "keys") if any(e == ":param" for e, _, _ in items) else ("keys",)
-    assert shape.parameters == expected_parameters
+    uses_param = any(expression == ":param" for expression, _, _ in items)
+    assert shape.parameters == (("param", "keys") if uses_param else ("keys",))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,11 +187,19 @@ def _template(report: Reporter, path: DocPath, source: str, ns: _Namespace) -> s
     for name in sorted(names - known):
         if ns.columns is None and name not in ns.variables:
             continue  # SELECT * — cannot tell; Q009 already says so
-        report.error(path, "T002", f"template variable `{name}` is not defined",
+        report.error(path, "T002", f"template variable `{name}` is not defined", at=_name_position(source, name),
                      expected="an audience column, a declared variable, or a built-in ("
                      + ", ".join(sorted(templating.BUILTIN_NAMES)) + ")",
                      hint=did_you_mean(name, known) or f"select `{name}` in audience.sql, or declare it under `variables`")
     return static
+
+
+def _name_position(source: str, name: str) -> tuple[int, int] | None:
+    match = re.search(r"(?<![A-Za-z0-9_.])" + re.escape(name) + r"(?![A-Za-z0-9_])", source)
+    if match is None:
+        return None
+    before = source[: match.start()]
+    return before.count("\n") + 1, match.start() - (before.rfind("\n") + 1) + 1
 
 
 def _check_message(report: Reporter, data: dict[str, Any], ns: _Namespace) -> None:

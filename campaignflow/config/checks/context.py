@@ -107,6 +107,6 @@ def did_you_mean(word: str, options: Iterable[str]) -> str | None:
 def one_of(options: Iterable[str], limit: int = 12) -> str:
     options = list(options)
     if not options:
-        return "nothing is defined"
+        return "none is defined"
     shown = ", ".join(f"`{o}`" for o in options[:limit])
     return ("one of " + shown) + (f" (and {len(options) - limit} more)" if len(options) > limit else "")
