@@ -11,8 +11,6 @@ from pathlib import Path
 
 import click
 
-from .config.validate import UsageProblem
-
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
 
@@ -33,7 +31,7 @@ def validate(paths: tuple[Path, ...], fmt: str, strict: bool) -> None:
     Exit status: 0 all valid, 1 a file is invalid, 2 usage error.
     """
     from .config.report import format_github, format_json, format_text
-    from .config.validate import validate_paths
+    from .config.validate import UsageProblem, validate_paths
 
     targets = list(paths) or [Path("configs")]
     try:

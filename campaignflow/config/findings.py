@@ -7,9 +7,10 @@ stable so CI annotations, docs (docs/errors.md) and tests can refer to them.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Iterable
 
 
 class Severity(str, Enum):
@@ -122,3 +123,13 @@ class Finding:
         data["title"] = CODES.get(self.code, "")
         data.pop("span")
         return data
+
+
+def did_you_mean(word: str, options: Iterable[str]) -> str | None:
+    """A "did you mean" for a misspelled name: same name in other case, or a close match."""
+    options = list(options)
+    lowered = {o.lower(): o for o in options}
+    if word.lower() in lowered and lowered[word.lower()] != word:
+        return f"did you mean `{lowered[word.lower()]}`?"
+    match = difflib.get_close_matches(word, options, n=1, cutoff=0.7)
+    return f"did you mean `{match[0]}`?" if match else None

@@ -61,8 +61,9 @@ class Document:
     path: str
     text: str
     data: Any
-    values: dict[DocPath, Location] = field(default_factory=dict)
-    keys: dict[DocPath, Location] = field(default_factory=dict)
+    # YAML nodes by document path; turned into Locations only when a finding needs one.
+    value_nodes: dict[DocPath, yaml.Node] = field(default_factory=dict, repr=False)
+    key_nodes: dict[DocPath, yaml.Node] = field(default_factory=dict, repr=False)
 
     @property
     def kind(self) -> str | None:
@@ -86,13 +87,18 @@ class Document:
     def locate(self, path: DocPath, *, key: bool = False) -> Location:
         """The best location for `path`: its key (when asked) or value, else the nearest parent."""
         probe = tuple(path)
-        if key and probe in self.keys:
-            return self.keys[probe]
+        if key and probe in self.key_nodes:
+            return _location(self.key_nodes[probe])
         while probe:
-            if probe in self.values:
-                return self.values[probe]
+            if probe in self.value_nodes:
+                return _location(self.value_nodes[probe])
             probe = probe[:-1]
-        return self.values.get((), Location(1, 1, 1, 1))
+        root = self.value_nodes.get(())
+        return _location(root) if root is not None else Location(1, 1, 1, 1)
+
+    def exact_location(self, path: DocPath) -> Location | None:
+        node = self.value_nodes.get(tuple(path))
+        return _location(node) if node is not None else None
 
     def locate_in_text(self, path: DocPath, line: int, column: int) -> tuple[int, int]:
         """Map a 1-based line/column inside a string value to a file position.
@@ -166,7 +172,7 @@ class _Builder:
             raise _Fail(self._finding("Y010", node, "the document is too large or too deeply nested "
                                       f"(limits: {MAX_NODES} values, depth {MAX_DEPTH})", path,
                                       hint="split it into several files, or check for a runaway YAML alias"))
-        self.doc.values[path] = _location(node)
+        self.doc.value_nodes[path] = node
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path, depth)
         if isinstance(node, yaml.SequenceNode):
@@ -191,7 +197,7 @@ class _Builder:
                     path + (key,), hint="YAML keeps only the last value; remove or rename one of them",
                 ))
             first_seen[key] = key_node
-            self.doc.keys[path + (key,)] = _location(key_node)
+            self.doc.key_nodes[path + (key,)] = key_node
             out[key] = self.build(value_node, path + (key,), depth + 1)
         return out
 

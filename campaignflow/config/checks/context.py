@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 from datetime import time
 from typing import Any, Iterable
 
 from ...scheduling import DEFAULT_TIMEZONE, parse_clock
-from ..findings import Finding, Severity
+from ..findings import Finding, Severity, did_you_mean  # noqa: F401 - re-exported for checks
 from ..source import Document, DocPath, path_to_str
 
 DEFAULT_PREFIX = "(광고)"
@@ -93,15 +92,6 @@ def position_of(text: str, needle: str) -> tuple[int, int] | None:
         return None
     before = text[:index]
     return before.count("\n") + 1, index - (before.rfind("\n") + 1) + 1
-
-
-def did_you_mean(word: str, options: Iterable[str]) -> str | None:
-    options = list(options)
-    lowered = {o.lower(): o for o in options}
-    if word.lower() in lowered and lowered[word.lower()] != word:
-        return f"did you mean `{lowered[word.lower()]}`?"
-    match = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
-    return f"did you mean `{match[0]}`?" if match else None
 
 
 def one_of(options: Iterable[str], limit: int = 12) -> str:
