@@ -25,17 +25,19 @@ def main() -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text", show_default=True,
               help="text for people, json for tools, github for pull-request annotations.")
 @click.option("--strict", is_flag=True, help="Fail on warnings too.")
-def validate(paths: tuple[Path, ...], fmt: str, strict: bool) -> None:
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+              help="Worker processes for large sets (default: CPU count; 1 = no workers).")
+def validate(paths: tuple[Path, ...], fmt: str, strict: bool, jobs: int | None) -> None:
     """Check config files and folders (default: configs/).
 
     Exit status: 0 all valid, 1 a file is invalid, 2 usage error.
     """
     from .config.report import format_github, format_json, format_text
-    from .config.validate import UsageProblem, validate_paths
+    from .config.validate import UsageProblem, default_jobs, validate_paths
 
     targets = list(paths) or [Path("configs")]
     try:
-        result = validate_paths(targets)
+        result = validate_paths(targets, jobs=jobs or default_jobs())
     except UsageProblem as exc:
         raise click.UsageError(str(exc)) from None
     if not result.files:

@@ -51,6 +51,7 @@ def similar_zones(name: str) -> list[str]:
     return difflib.get_close_matches(name, sorted(_zone_names()), n=2, cutoff=0.6)
 
 
+@cache
 def cron_problem(expression: str) -> str | None:
     """Why a five-field cron expression is invalid, or None."""
     fields = expression.split()
@@ -65,6 +66,7 @@ def cron_problem(expression: str) -> str | None:
     return None
 
 
+@cache
 def cron_hours_and_minutes(expression: str) -> tuple[list[int], list[int]]:
     """Expanded minute and hour fields of a valid cron expression."""
     expanded, _ = croniter.expand(expression)

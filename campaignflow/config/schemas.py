@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import fastjsonschema
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # jsonschema is imported only when a file is invalid (see fast_check_for)
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
+    from referencing import Registry
 
 from .findings import Finding, Severity, did_you_mean
 from .source import Document, DocPath, path_to_str
@@ -47,6 +49,9 @@ def load_schema(file_name: str) -> dict[str, Any]:
 
 @cache
 def _registry() -> Registry:
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
     return Registry().with_resources(
         (name, Resource.from_contents(load_schema(name), default_specification=DRAFT202012)) for name in SCHEMA_FILES
     )
@@ -54,6 +59,8 @@ def _registry() -> Registry:
 
 @cache
 def validator_for(kind: str) -> Draft202012Validator:
+    from jsonschema import Draft202012Validator
+
     return Draft202012Validator(load_schema(KINDS[kind]), registry=_registry())
 
 

@@ -2,21 +2,30 @@
 
 One bad file never stops the others: each file's findings are collected and the valid files
 still load, so the compiler can build everything that is right and show what is not.
+
+Large sets are checked by several forked worker processes (`jobs`); each keeps its parsed
+documents between the two passes (shape, then semantics with the project's context), so the
+parent only ever receives findings and small summaries.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
-from .checks import ProjectContext, check_across_files, check_document
+from .checks import Identity, ProjectContext, check_across_files, check_document
 from .findings import Finding, Severity
 from .schemas import header_findings, schema_findings
 from .source import Document, parse_text, read_text
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
 SETTINGS_FILE = "campaignflow.yaml"
+# Below this many files a worker process costs more than it saves.
+PARALLEL_MIN_FILES = 200
 
 
 class UsageProblem(Exception):
@@ -27,9 +36,10 @@ class UsageProblem(Exception):
 class ValidationResult:
     files: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
-    # Documents that passed the schema (semantic errors may remain), by file.
+    # Documents that passed the schema (semantic errors may remain), by file. Empty when the
+    # files were checked by worker processes: callers that need documents validate serially.
     documents: dict[str, Document] = field(default_factory=dict)
-    # The text of every file that could be decoded, for excerpts in reports.
+    # The text of every file with a finding, for excerpts in reports.
     sources: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -70,7 +80,7 @@ def discover(paths: Iterable[Path]) -> list[Path]:
                 rel = candidate.relative_to(path)
                 if any(part.startswith(".") for part in rel.parts):
                     continue
-                if candidate.is_file() and candidate.suffix.lower() in CONFIG_SUFFIXES:
+                if candidate.suffix.lower() in CONFIG_SUFFIXES and candidate.is_file():
                     found.setdefault(candidate, None)
         else:
             found.setdefault(path, None)
@@ -79,37 +89,39 @@ def discover(paths: Iterable[Path]) -> list[Path]:
 
 def _project_configs_dir(files: list[Path]) -> Path | None:
     """The configs folder around the given files: the nearest ancestor holding campaignflow.yaml."""
-    for file in files:
+    for file in files[:1]:
         for parent in file.resolve().parents:
             if (parent / SETTINGS_FILE).is_file():
                 return parent
     return None
 
 
-def _parse_and_shape(path: Path, shown: str, sources: dict[str, str] | None = None) -> tuple[Document | None, list[Finding]]:
+# -- one file ----------------------------------------------------------------------------
+@dataclass
+class _Checked:
+    """One file after the shape pass (and later the semantic pass)."""
+
+    shown: str
+    doc: Document | None
+    findings: list[Finding]
+    text: str | None
+
+    @property
+    def schema_ok(self) -> bool:
+        return self.doc is not None and not any(f.is_error for f in self.findings)
+
+
+def _shape(path: Path, shown: str) -> _Checked:
     text = read_text(path, shown)
     if isinstance(text, Finding):
-        return None, [text]
-    if sources is not None:
-        sources[shown] = text
+        return _Checked(shown, None, [text], None)
     doc = parse_text(shown, text)
     if isinstance(doc, Finding):
-        return None, [doc]
+        return _Checked(shown, None, [doc], text)
     header = header_findings(doc)
     if any(f.code == "S002" for f in header):
-        return None, header
-    findings = header + schema_findings(doc, doc.kind or "")
-    return doc, findings
-
-
-def _context(docs: Iterable[Document]) -> ProjectContext:
-    ctx = ProjectContext()
-    for doc in docs:
-        if doc.kind == "Settings" and ctx.settings is None:
-            ctx.settings = doc.data
-        elif doc.kind == "Persona" and doc.name:
-            ctx.personas.add(doc.name)
-    return ctx
+        return _Checked(shown, None, header, text)
+    return _Checked(shown, doc, header + schema_findings(doc, doc.kind or ""), text)
 
 
 def _overlaps(a: str, b: str) -> bool:
@@ -133,45 +145,156 @@ def _best_effort_semantics(doc: Document, ctx: ProjectContext, findings: list[Fi
     return [f for f in extra if not any(_overlaps(f.path, path) for path in broken)]
 
 
-def validate_paths(paths: list[Path], *, base: Path | None = None, with_project_context: bool = True) -> ValidationResult:
+def _semantics(checked: _Checked, ctx: ProjectContext) -> list[Finding]:
+    if checked.doc is None:
+        return []
+    if checked.schema_ok:
+        return check_document(checked.doc, ctx)
+    return _best_effort_semantics(checked.doc, ctx, checked.findings)
+
+
+@dataclass
+class _Summary:
+    """What the parent needs of a shaped file: findings, identity, context facts."""
+
+    shown: str
+    findings: list[Finding]
+    text: str | None  # only when there is a finding to show
+    identity: Identity | None  # only for schema-valid documents
+    context: tuple[str, Any] | None  # ("Settings", data) or ("Persona", name)
+    kind: str | None
+
+
+def _summarize(checked: _Checked) -> _Summary:
+    doc = checked.doc
+    identity = Identity.of(doc) if doc is not None and checked.schema_ok else None
+    context: tuple[str, Any] | None = None
+    if identity is not None and doc is not None:
+        if doc.kind == "Settings":
+            context = ("Settings", doc.data)
+        elif doc.kind == "Persona" and doc.name:
+            context = ("Persona", doc.name)
+    return _Summary(checked.shown, checked.findings, checked.text if checked.findings else None, identity, context,
+                    doc.kind if doc is not None else None)
+
+
+# -- many files --------------------------------------------------------------------------
+def _worker(conn: Connection, items: list[tuple[Path, str]]) -> None:
+    checked = [_shape(path, shown) for path, shown in items]
+    conn.send([_summarize(c) for c in checked])
+    ctx: ProjectContext = conn.recv()
+    out = []
+    for c in checked:
+        found = _semantics(c, ctx)
+        out.append((c.shown, found, c.text if found else None))
+    conn.send(out)
+    conn.close()
+
+
+class _Pool:
+    """Forked workers, each owning a fixed slice of the files for both passes."""
+
+    def __init__(self, items: list[tuple[Path, str]], jobs: int) -> None:
+        mp = multiprocessing.get_context("fork")
+        self.conns: list[Connection] = []
+        self.procs = []
+        for i in range(jobs):
+            parent, child = mp.Pipe()
+            proc = mp.Process(target=_worker, args=(child, items[i::jobs]), daemon=True)
+            proc.start()
+            child.close()
+            self.conns.append(parent)
+            self.procs.append(proc)
+
+    def shape(self) -> list[_Summary]:
+        return [summary for conn in self.conns for summary in conn.recv()]
+
+    def semantics(self, ctx: ProjectContext) -> list[tuple[str, list[Finding], str | None]]:
+        for conn in self.conns:
+            conn.send(ctx)
+        results = [item for conn in self.conns for item in conn.recv()]
+        for proc in self.procs:
+            proc.join()
+        return results
+
+
+def _use_workers(jobs: int, count: int) -> bool:
+    return jobs > 1 and count >= PARALLEL_MIN_FILES and "fork" in multiprocessing.get_all_start_methods()
+
+
+def default_jobs() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def validate_paths(paths: list[Path], *, base: Path | None = None, with_project_context: bool = True,
+                   jobs: int = 1) -> ValidationResult:
     """Validate files and folders. Referenced files outside the selection (Settings, personas) are
     read from the surrounding configs folder for context but not reported on."""
     base = base or Path.cwd()
     files = discover(paths)
     result = ValidationResult(files=[_display(p, base) for p in files])
-    shaped: list[tuple[Document, bool]] = []  # (document, schema-valid)
-    for path, shown in zip(files, result.files):
-        doc, findings = _parse_and_shape(path, shown, result.sources)
-        result.findings.extend(findings)
-        if doc is not None:
-            schema_ok = not any(f.is_error for f in findings)
-            shaped.append((doc, schema_ok))
-            if schema_ok:
-                result.documents[shown] = doc
+    items = list(zip(files, result.files))
 
-    context_docs = list(result.documents.values())
+    pool: _Pool | None = None
+    checked: list[_Checked] = []
+    if _use_workers(jobs, len(items)):
+        pool = _Pool(items, min(jobs, len(items)))
+        summaries = pool.shape()
+    else:
+        checked = [_shape(path, shown) for path, shown in items]
+        summaries = [_summarize(c) for c in checked]
+        result.documents = {c.shown: c.doc for c in checked if c.doc is not None and c.schema_ok}
+
+    ctx = ProjectContext()
+    for summary in summaries:
+        result.findings.extend(summary.findings)
+        if summary.text is not None:
+            result.sources[summary.shown] = summary.text
+        _learn(ctx, summary.context)
     if with_project_context:
-        configs = _project_configs_dir(files)
-        if configs is not None:
-            selected = {p.resolve() for p in files}
-            for extra in discover([configs]):
-                if extra.resolve() in selected:
-                    continue
-                doc, findings = _parse_and_shape(extra, _display(extra, base))
-                if doc is not None and not any(f.is_error for f in findings):
-                    context_docs.append(doc)
-    ctx = _context(context_docs)
-    settings_seen = any(d.kind == "Settings" for d, _ in shaped)
-    if ctx.settings is None and not settings_seen and with_project_context and any(d.kind in ("Campaign", "PostingPlan") for d, _ in shaped):
+        _learn_from_project(ctx, files, base)
+    if ctx.settings is None and with_project_context and not any(s.kind == "Settings" for s in summaries) \
+            and any(s.kind in ("Campaign", "PostingPlan") for s in summaries):
         result.findings.append(Finding(Severity.WARNING, "R005", "no Settings file found; defaults apply "
                                        "(time zone Asia/Seoul, embedded SQLite, provider sandbox)",
                                        result.files[0] if result.files else ".",
                                        hint="add configs/campaignflow.yaml with `kind: Settings`"))
-    for doc, schema_ok in shaped:
-        if schema_ok:
-            result.findings.extend(check_document(doc, ctx))
-        else:
-            result.findings.extend(_best_effort_semantics(doc, ctx, result.findings))
-    result.findings.extend(check_across_files([d for d, ok in shaped if ok]))
+
+    if pool is not None:
+        semantic = pool.semantics(ctx)
+    else:
+        semantic = [(c.shown, found, c.text if found else None) for c in checked for found in [_semantics(c, ctx)]]
+    for shown, found, text in semantic:
+        result.findings.extend(found)
+        if text is not None:
+            result.sources.setdefault(shown, text)
+    result.findings.extend(check_across_files([s.identity for s in summaries if s.identity is not None]))
     result.findings.sort(key=Finding.sort_key)
+    by_shown = dict((shown, path) for path, shown in items)
+    for file in {f.file for f in result.findings} - set(result.sources):
+        if file in by_shown:  # e.g. a cross-file finding on an otherwise clean file
+            text = read_text(by_shown[file], file)
+            if isinstance(text, str):
+                result.sources[file] = text
     return result
+
+
+def _learn(ctx: ProjectContext, fact: tuple[str, Any] | None) -> None:
+    if fact is None:
+        return
+    kind, value = fact
+    if kind == "Settings" and ctx.settings is None:
+        ctx.settings = value
+    elif kind == "Persona":
+        ctx.personas.add(value)
+
+
+def _learn_from_project(ctx: ProjectContext, files: list[Path], base: Path) -> None:
+    """Settings and personas from the rest of the configs folder, when only some files were named."""
+    configs = _project_configs_dir(files)
+    if configs is None:
+        return
+    selected = {p.resolve() for p in files}
+    for extra in discover([configs]):
+        if extra.resolve() not in selected:
+            _learn(ctx, _summarize(_shape(extra, _display(extra, base))).context)

@@ -586,7 +586,8 @@ class SolapiClient:
                 last_status, last_error = None, type(exc).__name__
                 wait = self._backoff(attempt)
             except _CANNOT_SEND as exc:
-                raise SolapiError(f"{method} {path}: request could not be sent ({type(exc).__name__})") from exc
+                reason = type(exc).__name__
+                raise SolapiError(f"{method} {path}: request could not be sent ({reason})") from exc
             except httpx.TransportError as exc:
                 if unsafe:
                     raise OutcomeUnknown(
@@ -621,5 +622,9 @@ class SolapiClient:
                 )  # fmt: skip
                 self._sleep(wait)
         raise SolapiRetryExhausted(
-            method=method, path=path, attempts=self._max_attempts, last_status=last_status, last_error=last_error
+            method=method,
+            path=path,
+            attempts=self._max_attempts,
+            last_status=last_status,
+            last_error=last_error,
         )

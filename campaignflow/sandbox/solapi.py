@@ -87,6 +87,15 @@ BAD_NUMBER = "3010"
 NOT_KAKAO_USER = "3104"
 _PENDING = frozenset({"2000", "3000"})
 
+# Fields of each send-many answer list (providers.md; ``to`` and ``type`` added
+# to messageList so a caller can tell recipients apart without customFields).
+_ACCEPTED_FIELDS = ("messageId", "statusCode", "statusMessage", "customFields", "to", "type")
+_FAILED_FIELDS = (
+    "to", "from", "type", "statusCode", "statusMessage", "messageId", "accountId", "country", "customFields",
+)  # fmt: skip
+# Equality filters of GET /messages/v4/list, as the official Python SDK sends them.
+_LIST_FILTERS = ("groupId", "messageId", "to", "from", "type", "statusCode")
+
 STATUS_MESSAGES = {
     ACCEPTED: "Accepted (awaiting carrier)",
     DELIVERED: "Delivered",
@@ -123,11 +132,11 @@ def _iso(epoch: float) -> str:
 def _parse_iso(value: str) -> float | None:
     try:
         moment = datetime.fromisoformat(value)
-    except ValueError:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        return moment.timestamp()
+    except (ValueError, OverflowError):
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
 
 
 def _error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -175,7 +184,8 @@ class _DroppedConnection(Response):
                 ],
             }
         )
-        await send({"type": "http.response.body", "body": self._full[: len(self._full) // 2], "more_body": True})
+        half = self._full[: len(self._full) // 2]
+        await send({"type": "http.response.body", "body": half, "more_body": True})
 
 
 @dataclass
@@ -372,10 +382,13 @@ class SolapiSandbox:
         fields = _parse_authorization(request.headers.get("authorization", ""))
         # Sandbox choice: a missing or malformed header is 403 InvalidAuthorizationHeader.
         if fields is None:
-            return _error(403, "InvalidAuthorizationHeader", "Authorization must be HMAC-SHA256 apiKey, date, salt, signature")
+            return _error(
+                403, "InvalidAuthorizationHeader", "expected HMAC-SHA256 apiKey=, date=, salt=, signature="
+            )
         if not 12 <= len(fields["salt"]) <= 64:
             return _error(403, "InvalidAuthorizationHeader", "salt must be 12 to 64 characters")
-        if not hmac.compare_digest(fields["apikey"], self.api_key):
+        # compare_digest on bytes: header values may hold any latin-1 text.
+        if not hmac.compare_digest(fields["apikey"].encode(), self.api_key.encode()):
             return _error(403, "InvalidAPIKey", "Unknown API key")
         signed_at = _parse_iso(fields["date"])
         now = self._now()
@@ -384,7 +397,7 @@ class SolapiSandbox:
         expected = hmac.new(
             self._api_secret.encode(), (fields["date"] + fields["salt"]).encode(), hashlib.sha256
         ).hexdigest()
-        if not hmac.compare_digest(fields["signature"], expected):
+        if not hmac.compare_digest(fields["signature"].encode(), expected.encode()):
             return _error(403, "SignatureDoesNotMatch", "signature does not match")
         signature = fields["signature"]
         with self._lock:
@@ -450,10 +463,11 @@ class SolapiSandbox:
                 if len(key) > CUSTOM_FIELD_KEY_MAX:
                     return INVALID_MESSAGE, f"customFields key longer than {CUSTOM_FIELD_KEY_MAX} characters"
                 if not isinstance(value, str) or len(value) > CUSTOM_FIELD_VALUE_MAX:
-                    return INVALID_MESSAGE, f"customFields values must be strings of at most {CUSTOM_FIELD_VALUE_MAX} characters"
+                    limit = CUSTOM_FIELD_VALUE_MAX
+                    return INVALID_MESSAGE, f"customFields values must be strings of ≤ {limit} characters"
         kind = message.get("type")
         text = message.get("text")
-        if kind not in MESSAGE_TYPES:
+        if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
             return INVALID_MESSAGE, f"type must be one of {', '.join(sorted(MESSAGE_TYPES))}"
         if not isinstance(text, str) or not text:
             return INVALID_MESSAGE, "text is required"
@@ -493,7 +507,7 @@ class SolapiSandbox:
                 failure = DUPLICATE_RECIPIENT, STATUS_MESSAGES[DUPLICATE_RECIPIENT]
             if failure is None and raw["to"] in self.opted_out:
                 failure = OPTED_OUT, STATUS_MESSAGES[OPTED_OUT]
-            price = PRICES.get(raw.get("type", ""), 0.0) if isinstance(raw, Mapping) else 0.0
+            price = PRICES[raw["type"]] if failure is None else 0.0
             if failure is None and self.balance < price:
                 failure = INSUFFICIENT_BALANCE, STATUS_MESSAGES[INSUFFICIENT_BALANCE]
             code, status_message = failure or (ACCEPTED, STATUS_MESSAGES[ACCEPTED])
@@ -521,16 +535,9 @@ class SolapiSandbox:
                 seen_to.add(wire["to"])
                 stored.charged = price
                 self.balance -= price
-                message_list.append(
-                    {key: wire[key] for key in ("messageId", "statusCode", "statusMessage", "customFields", "to", "type")}
-                )
+                message_list.append({key: wire[key] for key in _ACCEPTED_FIELDS})
             else:
-                failed_list.append(
-                    {
-                        key: wire[key]
-                        for key in ("to", "from", "type", "statusCode", "statusMessage", "messageId", "accountId", "country", "customFields")
-                    }
-                )
+                failed_list.append({key: wire[key] for key in _FAILED_FIELDS})
             self._store(group, stored)
         if self.auto_complete:
             for message_id in group.ids:
@@ -588,7 +595,8 @@ class SolapiSandbox:
 
     def _fail_delivery(self, stored: _Stored, code: str) -> None:
         self.balance += stored.charged  # failed deliveries are refunded
-        stored.wire.update(statusCode=code, statusMessage=STATUS_MESSAGES.get(code, "Delivery failed"), refunded=True)
+        message = STATUS_MESSAGES.get(code, "Delivery failed")
+        stored.wire.update(statusCode=code, statusMessage=message, refunded=True)
         stored.charged = 0.0
 
     def _refresh_group(self, group: _Group, now: float) -> None:
@@ -668,11 +676,12 @@ class SolapiSandbox:
         if not isinstance(messages, list) or not messages:
             return _error(400, "ValidationError", "messages must be a non-empty array")
         if len(messages) > MAX_MESSAGES_PER_REQUEST:
-            return _error(
-                400, "TooManyMessages", f"at most {MAX_MESSAGES_PER_REQUEST} messages per request, got {len(messages)}"
-            )
+            too_many = f"at most {MAX_MESSAGES_PER_REQUEST} messages per request, got {len(messages)}"
+            return _error(400, "TooManyMessages", too_many)
         with self._lock:
-            answer = self._accept(messages, bool(body.get("allowDuplicates", False)), bool(body.get("showMessageList")))
+            answer = self._accept(
+                messages, bool(body.get("allowDuplicates", False)), bool(body.get("showMessageList"))
+            )
         return await self._answer(answer, fault)
 
     async def _group_messages(self, request: Request) -> Response:
@@ -711,7 +720,7 @@ class SolapiSandbox:
             bounds.append(parsed)
         low, high = bounds
         use_updated = query.get("dateType", "CREATED").upper() == "UPDATED"
-        equal = {name: query[name] for name in ("groupId", "messageId", "to", "from", "type", "statusCode") if name in query}
+        equal = {name: query[name] for name in _LIST_FILTERS if name in query}
 
         def keep(stored: _Stored) -> bool:
             moment = stored.updated if use_updated else stored.created

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 from ..findings import Finding, Severity
@@ -27,34 +28,52 @@ def check_document(doc: Document, ctx: ProjectContext) -> list[Finding]:
     return _BY_KIND[kind](doc, ctx) if kind in _BY_KIND else []
 
 
-def check_across_files(docs: list[Document]) -> list[Finding]:
+@dataclass(frozen=True)
+class Identity:
+    """What cross-file checks need of a document: small enough to pass between processes."""
+
+    file: str
+    kind: str
+    name: str | None
+    name_at: tuple[int, int, int]  # line, column, span of the name (or of the document)
+    kind_at: tuple[int, int, int]
+
+    @classmethod
+    def of(cls, doc: Document) -> "Identity":
+        def at(path: tuple[str, ...]) -> tuple[int, int, int]:
+            loc = doc.locate(path)
+            return loc.line, loc.column, loc.span
+
+        return cls(doc.path, doc.kind or "", doc.name, at(("name",)), at(("kind",)))
+
+
+def check_across_files(docs: list[Identity]) -> list[Finding]:
     """Names unique across files; one Settings file."""
     findings: list[Finding] = []
-    seen: dict[tuple[str, str], Document] = {}
-    settings: list[Document] = []
+    seen: dict[tuple[str, str], Identity] = {}
+    settings: list[Identity] = []
     for doc in docs:
         if doc.kind == "Settings":
             settings.append(doc)
             continue
-        namespace = _NAMESPACE.get(doc.kind or "")
+        namespace = _NAMESPACE.get(doc.kind)
         if namespace is None or doc.name is None:
             continue
         first = seen.setdefault((namespace, doc.name), doc)
         if first is doc:
             continue
-        loc = doc.locate(("name",))
-        first_loc = first.locate(("name",))
+        line, column, span = doc.name_at
         findings.append(Finding(
             Severity.ERROR, "N001", f"{doc.kind} name `{doc.name}` is already used by the {first.kind} in "
-            f"{first.path}:{first_loc.line}", doc.path, loc.line, loc.column, "name",
+            f"{first.file}:{first.name_at[0]}", doc.file, line, column, "name",
             expected="a name unique across campaigns and posting plans" if namespace == "run" else "a unique persona name",
-            hint="Dagster asset keys are prefixed with this name, so two files cannot share it", span=loc.span))
+            hint="Dagster asset keys are prefixed with this name, so two files cannot share it", span=span))
     for extra in settings[1:]:
-        loc = extra.locate(("kind",))
-        findings.append(Finding(Severity.ERROR, "N002", f"a second Settings file (the first is {settings[0].path})",
-                                extra.path, loc.line, loc.column, "kind",
-                                hint="keep project settings in one file, configs/campaignflow.yaml"))
+        line, column, span = extra.kind_at
+        findings.append(Finding(Severity.ERROR, "N002", f"a second Settings file (the first is {settings[0].file})",
+                                extra.file, line, column, "kind",
+                                hint="keep project settings in one file, configs/campaignflow.yaml", span=span))
     return findings
 
 
-__all__ = ["ProjectContext", "check_across_files", "check_document"]
+__all__ = ["Identity", "ProjectContext", "check_across_files", "check_document"]

@@ -6,9 +6,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
-
 from ... import templating, textlimits
 from ...scheduling import quiet_hour_firing, zone
 from ...sqlcheck import SqlProblem, analyze_select
@@ -56,6 +53,9 @@ def _check_payload_schema(report: Reporter, data: dict[str, Any]) -> list[str] |
     webhook = data.get("trigger", {}).get("webhook")
     if not isinstance(webhook, dict):
         return None
+    from jsonschema import Draft202012Validator  # only webhook campaigns need it; keeps start-up fast
+    from jsonschema.exceptions import SchemaError
+
     schema = webhook.get("payload", {})
     try:
         Draft202012Validator.check_schema(schema)
@@ -69,7 +69,10 @@ def _schema_fields(schema: Any, prefix: str = "") -> set[str]:
     if not isinstance(schema, dict):
         return set()
     fields: set[str] = set()
-    for name, sub in (schema.get("properties") or {}).items():
+    properties = schema.get("properties")
+    if not isinstance(properties, dict):
+        return fields
+    for name, sub in properties.items():
         fields.add(prefix + name)
         fields |= _schema_fields(sub, prefix + name + ".")
     return fields
