@@ -92,7 +92,8 @@ def serve_in_thread(
         if server.started:
             try:
                 # Any HTTP answer (404 included) proves the whole stack serves.
-                httpx.get(running.base_url + "/", timeout=1.0)
+                # trust_env=False: a loopback probe must never go through an HTTP proxy.
+                httpx.get(running.base_url + "/", timeout=1.0, trust_env=False)
                 return running
             except httpx.TransportError:
                 pass
