@@ -70,13 +70,104 @@ def schema(out: Path | None) -> None:
         click.echo(f"wrote {out / name}")
 
 
-@main.command()
-@click.option("--project-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True)
-def demo(project_dir: Path) -> None:
-    """Validate the example configs and show what they define."""
-    from .overview import print_overview
+PROJECT_DIR = click.option("--project-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                           help="Project folder (default: $CAMPAIGNFLOW_PROJECT_DIR or the current folder).")
 
-    sys.exit(print_overview(project_dir))
+
+def _load(project_dir: Path | None):  # type: ignore[no-untyped-def]
+    from .project import load_project
+
+    project = load_project(project_dir)
+    if not (project.root / "configs").is_dir():
+        raise click.UsageError(f"no configs/ folder in {project.root}")
+    return project
+
+
+def _campaign_or_usage_error(project, name: str):  # type: ignore[no-untyped-def]
+    try:
+        return project.campaign(name)
+    except KeyError as exc:
+        raise click.UsageError(str(exc.args[0])) from None
+
+
+def _payload(text: str | None) -> dict | None:  # type: ignore[type-arg]
+    if text is None:
+        return None
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from None
+    if not isinstance(value, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--payload")
+    return value
+
+
+@main.command()
+@click.argument("campaign")
+@click.option("--live", is_flag=True, help="Send for real, whatever the campaign's delivery mode says.")
+@click.option("--occurrence", help="Occurrence key: re-running the same key never messages anyone twice.")
+@click.option("--payload", help="JSON event payload, for webhook-triggered campaigns.")
+@click.option("--force-resend", is_flag=True, help="Re-queue this occurrence's failed messages on purpose.")
+@PROJECT_DIR
+def run(campaign: str, live: bool, occurrence: str | None, payload: str | None, force_resend: bool,
+        project_dir: Path | None) -> None:
+    """Run a campaign's stages through Dagster (the run shows in the UI)."""
+    from .console import print_outcome, progress_bar
+    from .runs import run_campaign
+
+    project = _load(project_dir)
+    _campaign_or_usage_error(project, campaign)
+    with progress_bar() as progress:
+        outcome = run_campaign(project, campaign, live=live, occurrence=occurrence, payload=_payload(payload),
+                               force_resend=force_resend, progress=progress)
+    print_outcome(outcome)
+    sys.exit(EXIT_OK if outcome.success else EXIT_INVALID)
+
+
+@main.command()
+@click.argument("campaign")
+@click.option("--limit", default=5, show_default=True, type=click.IntRange(0, 1000), help="Messages to show.")
+@click.option("--payload", help="JSON event payload, for webhook-triggered campaigns.")
+@PROJECT_DIR
+def preview(campaign: str, limit: int, payload: str | None, project_dir: Path | None) -> None:
+    """Audience size, sample messages with type and length, estimated cost. Sends nothing."""
+    from .console import print_preview
+    from .preview import preview_campaign
+
+    project = _load(project_dir)
+    _campaign_or_usage_error(project, campaign)
+    print_preview(preview_campaign(project, campaign, limit=limit, payload=_payload(payload)))
+
+
+@main.group()
+def sandbox() -> None:
+    """The local provider simulators (SOLAPI today)."""
+
+
+@sandbox.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8701, show_default=True, type=int)
+def sandbox_serve(host: str, port: int) -> None:
+    """Serve the wire-compatible SOLAPI simulator until interrupted."""
+    from .sandbox.app import SANDBOX_CREDENTIALS, build_sandbox
+    from .sandbox.server import serve_forever
+
+    click.echo(f"sandbox on http://{host}:{port} — point providers.solapi.baseUrl there and set:")
+    for name, value in SANDBOX_CREDENTIALS.items():
+        click.echo(f"  export {name}={value}")
+    serve_forever(build_sandbox().app, host=host, port=port)
+
+
+@main.command()
+@click.option("--customers", default=1000, show_default=True, type=click.IntRange(10, 1_000_000))
+@PROJECT_DIR
+def demo(customers: int, project_dir: Path | None) -> None:
+    """Sample CRM database + sandbox, then run the example campaigns live against it."""
+    from .demo import run_demo
+
+    sys.exit(run_demo(_load(project_dir), customers=customers))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,9 +1,11 @@
 """Dagster definitions built from the project's configs folder.
 
-The compiler that turns campaigns and posting plans into assets, schedules and sensors
-arrives with the campaign pipeline; until then the code location loads empty.
+`dagster dev -w workspace.yaml` and `dagster definitions validate` load `defs` from here. The
+project is found through CAMPAIGNFLOW_PROJECT_DIR (default: the working directory); files that
+fail validation are left out and listed on the `campaignflow/config_errors` asset.
 """
 
-import dagster as dg
+from .pipelines.compile import build_definitions
+from .project import load_project
 
-defs = dg.Definitions()
+defs = build_definitions(load_project())

@@ -142,3 +142,62 @@ def describe_schedule(schedule: dict[str, object], default_tz: str = DEFAULT_TIM
             what += f" on day {rule.get('dayOfMonth', 1)}"
         what += f" at {rule['time']}"
     return f"{what} ({tz})"
+
+
+_CRON_DOW = {"sun": 0, "mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "sat": 6}
+
+
+def schedule_cron(schedule: dict[str, object]) -> str | None:
+    """The cron expression whose ticks include every firing of `schedule` (None for `immediate`).
+
+    Some rules fire on a subset of these ticks — every 2nd week, the last day of the month, one
+    date in one year — and `fires_at` filters those.
+    """
+    if "cron" in schedule:
+        return str(schedule["cron"])
+    if "at" in schedule:
+        moment = datetime.fromisoformat(str(schedule["at"]).replace(" ", "T").replace("Z", "+00:00"))
+        return f"{moment.minute} {moment.hour} {moment.day} {moment.month} *"
+    rule = schedule.get("recurring")
+    if not isinstance(rule, dict):
+        return None
+    at = parse_clock(str(rule["time"]))
+    if rule["frequency"] == "daily":
+        return f"{at.minute} {at.hour} * * *"
+    if rule["frequency"] == "weekly":
+        days = rule.get("daysOfWeek") or ["mon"]
+        return f"{at.minute} {at.hour} * * {','.join(str(_CRON_DOW[str(d)]) for d in days)}"
+    day = rule.get("dayOfMonth", 1)
+    if day == "last" or int(day) > 28:  # type: ignore[arg-type]
+        return f"{at.minute} {at.hour} 28-31 * *"
+    return f"{at.minute} {at.hour} {day} * *"
+
+
+def fires_at(schedule: dict[str, object], moment: datetime) -> bool:
+    """Whether a tick of `schedule_cron` at `moment` (aware) is a real firing of the schedule."""
+    tz = zone(str(schedule.get("timezone", DEFAULT_TIMEZONE)))
+    local = moment.astimezone(tz)
+    for bound, ok in (("start", lambda b: local >= b), ("end", lambda b: local <= b)):
+        if bound in schedule and not ok(parse_local_datetime(str(schedule[bound]), tz)):
+            return False
+    if "at" in schedule:
+        return local.date() == parse_local_datetime(str(schedule["at"]), tz).astimezone(tz).date()
+    rule = schedule.get("recurring")
+    if not isinstance(rule, dict):
+        return True
+    interval = int(rule.get("interval", 1))  # type: ignore[arg-type]
+    if rule["frequency"] == "monthly":
+        day = rule.get("dayOfMonth", 1)
+        last = (local.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1)
+        wanted = last.day if day == "last" else min(int(day), last.day)  # type: ignore[arg-type]
+        if local.day != wanted:
+            return False
+    if interval == 1:
+        return True
+    origin = parse_local_datetime(str(schedule["start"]), tz).date() if "start" in schedule else datetime(2024, 1, 1).date()
+    if rule["frequency"] == "daily":
+        return (local.date() - origin).days % interval == 0
+    if rule["frequency"] == "weekly":
+        monday = origin - timedelta(days=origin.weekday())
+        return ((local.date() - monday).days // 7) % interval == 0
+    return ((local.year - origin.year) * 12 + local.month - origin.month) % interval == 0

@@ -10,6 +10,9 @@ from click.testing import CliRunner
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Real database servers (MariaDB, PostgreSQL): fresh databases per test; see tests/dbservices.py.
+pytest_plugins = ["dbservices"]
+
 
 @pytest.fixture
 def repo() -> Path:

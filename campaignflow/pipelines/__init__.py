@@ -1,0 +1,1 @@
+"""Compile configs into Dagster definitions; one module per stage."""

@@ -1,0 +1,353 @@
+"""Stage 3 — deliveries: the ledger protocol that sends each message exactly once.
+
+1. A batch of `ready` rows is claimed (`pending`, with a batch id) in one transaction
+   *before* SOLAPI is called; each row's ledger id travels in `customFields`.
+2. SOLAPI's answer moves each row to `sent` / `failed` with the message id, status and cost.
+3. A run first reconciles rows left `pending` by an earlier crash or a lost answer: SOLAPI's
+   own message list decides whether they were sent. Only rows SOLAPI has no record of
+   return to `ready`; nothing is resent on a guess.
+4. `--force-resend` re-queues `failed` rows of the occurrence on purpose, and says so.
+
+Rows that policy stops (frequency cap, budgets) become `blocked` with the reason. In
+`simulate` mode rows become `simulated` and nothing is called.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+from ...phones import mask_phone
+from ...resources.solapi import (
+    LEDGER_FIELD, OutcomeUnknown, SendManyResult, SolapiRequestError, SolapiRetryExhausted, classify_status,
+)
+from ...scheduling import in_quiet_hours, parse_clock, zone
+from ...state import tables as t
+from ...state.store import utcnow
+from .context import RunContext
+
+# How far before the claim time to look for a reconciled message (clock skew with SOLAPI).
+RECONCILE_MARGIN = timedelta(minutes=5)
+COUNTED_AS_SENT = ("pending", "sent", "delivered")
+
+
+class Sender(Protocol):
+    """What the ledger needs from SOLAPI (the real client, pointed at SOLAPI or the sandbox)."""
+
+    def send_many(self, messages: list[dict[str, Any]], *, allow_duplicates: bool = False) -> SendManyResult: ...
+    def list_group_messages(self, group_id: str) -> list[dict[str, Any]]: ...
+    def find_messages_by_custom_field(self, key: str, values: set[str], *,
+                                      since: datetime | None = None) -> dict[str, dict[str, Any]]: ...
+
+
+class DeliveryStopped(Exception):
+    """The run must stop (auto-pause, quiet hours, provider down); what was sent stays recorded."""
+
+
+@dataclass
+class DeliverySummary:
+    mode: str
+    sent: int = 0
+    failed: int = 0
+    blocked: int = 0
+    simulated: int = 0
+    reconciled: int = 0
+    requeued: int = 0
+    batches: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+
+
+def _scope(ctx: RunContext) -> Any:
+    d = t.deliveries
+    return sa.and_(d.c.campaign == ctx.campaign.name, d.c.occurrence == ctx.occurrence.key)
+
+
+def _price(ctx: RunContext, message_type: str | None) -> Decimal:
+    return Decimal(str(ctx.settings.solapi.prices.get(message_type or "", 0)))
+
+
+# -- simulate ----------------------------------------------------------------------------
+def _simulate(ctx: RunContext, summary: DeliverySummary) -> None:
+    d = t.deliveries
+    with ctx.store.engine.begin() as conn:
+        for message_type, price in ctx.settings.solapi.prices.items():
+            summary.simulated += conn.execute(
+                sa.update(d).where(_scope(ctx), d.c.status == "ready", d.c.message_type == message_type)
+                .values(status="simulated", cost=Decimal(str(price)), updated_at=utcnow())).rowcount
+
+
+# -- reconcile ---------------------------------------------------------------------------
+def _settle(conn: sa.Connection, row_id: int, message: dict[str, Any], price: Decimal) -> str:
+    """Record what SOLAPI knows of one message; returns the ledger status it got."""
+    code = str(message.get("statusCode", ""))
+    kind = classify_status(code)
+    status = {"accepted": "sent", "pending": "sent", "delivered": "delivered"}.get(kind, "failed")
+    now = utcnow()
+    d = t.deliveries
+    conn.execute(sa.update(d).where(d.c.id == row_id).values(
+        status=status, status_code=code, status_message=str(message.get("statusMessage", ""))[:500],
+        provider_message_id=message.get("messageId"), group_id=message.get("groupId"),
+        reason=None if status != "failed" else code, cost=price if status != "failed" else Decimal(0),
+        sent_at=now if status != "failed" else None, final_at=now if status in ("delivered", "failed") else None,
+        updated_at=now))
+    return status
+
+
+def reconcile_pending(ctx: RunContext, sender: Sender, summary: DeliverySummary) -> None:
+    """Settle rows left `pending`: found at SOLAPI -> its status; unknown to SOLAPI -> `ready` again."""
+    d = t.deliveries
+    with ctx.store.engine.connect() as conn:
+        pending = conn.execute(sa.select(d.c.id, d.c.group_id, d.c.claimed_at, d.c.message_type)
+                               .where(_scope(ctx), d.c.status == "pending")).mappings().all()
+    if not pending:
+        return
+    ctx.log.warning(f"{len(pending)} ledger rows of {ctx.campaign.name} [{ctx.occurrence.key}] are pending from an "
+                    "earlier attempt; asking SOLAPI what became of them before sending anything")
+    found: dict[str, dict[str, Any]] = {}
+    for group_id in {r["group_id"] for r in pending if r["group_id"]}:
+        for message in sender.list_group_messages(group_id):
+            ledger_id = (message.get("customFields") or {}).get(LEDGER_FIELD)
+            if ledger_id is not None:
+                found[str(ledger_id)] = dict(message, groupId=message.get("groupId", group_id))
+    unknown = {str(r["id"]) for r in pending} - set(found)
+    if unknown:
+        claimed = [r["claimed_at"] for r in pending if r["claimed_at"] is not None]
+        since = (min(claimed) - RECONCILE_MARGIN) if claimed else None
+        found.update(sender.find_messages_by_custom_field(LEDGER_FIELD, unknown, since=since))
+    with ctx.store.engine.begin() as conn:
+        for row in pending:
+            message = found.get(str(row["id"]))
+            if message is not None:
+                _settle(conn, row["id"], message, _price(ctx, row["message_type"]))
+                summary.reconciled += 1
+            else:
+                # SOLAPI has no message with this ledger id: it was never accepted, so sending is safe.
+                conn.execute(sa.update(d).where(d.c.id == row["id"], d.c.status == "pending")
+                             .values(status="ready", batch_id=None, updated_at=utcnow()))
+                summary.requeued += 1
+
+
+# -- policy ------------------------------------------------------------------------------
+def _check_quiet_hours(ctx: RunContext, now: datetime) -> None:
+    policy = ctx.campaign.policy
+    if policy.purpose != "advertising" or policy.night_consent:
+        return
+    tz = zone(ctx.campaign.timezone or ctx.settings.timezone)
+    start, end = (parse_clock(x) for x in ctx.settings.quiet_hours)
+    local = now.astimezone(tz)
+    if in_quiet_hours(local.time(), start, end):
+        raise DeliveryStopped(f"advertising may not be sent at {local:%H:%M} ({tz.key}) without night-time consent; "
+                              f"nothing was sent — run it after {end:%H:%M}")
+
+
+def _apply_frequency_cap(ctx: RunContext, conn: sa.Connection, rows: list[dict[str, Any]], now: datetime) -> set[int]:
+    """Ids of rows whose phone already got `max` messages within the window."""
+    policy = ctx.campaign.policy
+    if not policy.cap_max or not policy.cap_window:
+        return set()
+    d = t.deliveries
+    phones = list({r["phone"] for r in rows})
+    query = (sa.select(d.c.phone, sa.func.count()).where(
+        d.c.phone.in_(phones), d.c.status.in_(COUNTED_AS_SENT), d.c.sent_at >= now - policy.cap_window,
+        d.c.occurrence != ctx.occurrence.key).group_by(d.c.phone))
+    if policy.cap_scope == "campaign":
+        query = query.where(d.c.campaign == ctx.campaign.name)
+    counts = dict(conn.execute(query).all())
+    return {r["id"] for r in rows if counts.get(r["phone"], 0) >= policy.cap_max}
+
+
+def _budget_left(ctx: RunContext, conn: sa.Connection) -> tuple[int | None, Decimal | None]:
+    policy = ctx.campaign.policy
+    d = t.deliveries
+    used_count, used_cost = conn.execute(sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(d.c.cost), 0))
+                                         .where(_scope(ctx), d.c.status.in_(COUNTED_AS_SENT))).one()
+    count_left = None if policy.max_messages is None else max(0, policy.max_messages - int(used_count))
+    cost_left = None if policy.max_cost is None else max(Decimal(0), Decimal(str(policy.max_cost)) - Decimal(str(used_cost)))
+    monthly = (ctx.settings.budgets.get("messaging") or {}).get("monthlyCost")
+    if monthly is not None:
+        month_start = utcnow().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        spent = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(d.c.cost), 0)).where(
+            d.c.status.in_(COUNTED_AS_SENT), d.c.sent_at >= month_start)).scalar_one()
+        monthly_left = max(Decimal(0), Decimal(str(monthly)) - Decimal(str(spent)))
+        cost_left = monthly_left if cost_left is None else min(cost_left, monthly_left)
+    return count_left, cost_left
+
+
+def _block(conn: sa.Connection, ids: list[int], reason: str, summary: DeliverySummary) -> None:
+    if not ids:
+        return
+    d = t.deliveries
+    conn.execute(sa.update(d).where(d.c.id.in_(ids), d.c.status == "ready")
+                 .values(status="blocked", reason=reason, updated_at=utcnow()))
+    summary.blocked += len(ids)
+    summary.failures[reason] = summary.failures.get(reason, 0) + len(ids)
+
+
+# -- send --------------------------------------------------------------------------------
+def _claim(ctx: RunContext, batch_size: int, summary: DeliverySummary) -> tuple[str, list[dict[str, Any]]]:
+    """Move the next `ready` rows to `pending` under a new batch id, applying policy first."""
+    d = t.deliveries
+    batch_id = uuid.uuid4().hex
+    now = utcnow()
+    with ctx.store.engine.begin() as conn:
+        rows = [dict(r) for r in conn.execute(
+            sa.select(d.c.id, d.c.phone, d.c.message_type, d.c.text, d.c.subject, d.c.kakao)
+            .where(_scope(ctx), d.c.status == "ready").order_by(d.c.id).limit(batch_size)).mappings()]
+        if not rows:
+            return batch_id, []
+        capped = _apply_frequency_cap(ctx, conn, rows, now)
+        _block(conn, sorted(capped), "frequency_cap", summary)
+        rows = [r for r in rows if r["id"] not in capped]
+        count_left, cost_left = _budget_left(ctx, conn)
+        allowed: list[dict[str, Any]] = []
+        spend = Decimal(0)
+        over: list[int] = []
+        for row in rows:
+            price = _price(ctx, row["message_type"])
+            if (count_left is not None and len(allowed) >= count_left) or (cost_left is not None and spend + price > cost_left):
+                over.append(row["id"])
+                continue
+            allowed.append(row)
+            spend += price
+        _block(conn, over, "budget", summary)
+        if allowed:
+            # The `status == ready` guard makes two concurrent runs claim disjoint rows.
+            conn.execute(sa.update(d).where(d.c.id.in_([r["id"] for r in allowed]), d.c.status == "ready")
+                         .values(status="pending", batch_id=batch_id, claimed_at=now, updated_at=now,
+                                 attempts=d.c.attempts + 1))
+            claimed = {r[0] for r in conn.execute(sa.select(d.c.id).where(d.c.batch_id == batch_id, d.c.status == "pending"))}
+            allowed = [r for r in allowed if r["id"] in claimed]
+    return batch_id, allowed
+
+
+def _solapi_message(ctx: RunContext, row: dict[str, Any]) -> dict[str, Any]:
+    message: dict[str, Any] = {"to": row["phone"], "from": ctx.settings.solapi.sender, "text": row["text"],
+                               "type": row["message_type"], "customFields": {LEDGER_FIELD: str(row["id"])}}
+    if row["subject"]:
+        message["subject"] = row["subject"]
+    if row["kakao"]:
+        message["kakaoOptions"] = json.loads(row["kakao"])
+    return message
+
+
+def _record(ctx: RunContext, rows: list[dict[str, Any]], result: SendManyResult, summary: DeliverySummary) -> int:
+    """Write SOLAPI's answer into the ledger; returns the number of permanent failures."""
+    outcomes = result.by_custom_field()
+    failed = 0
+    with ctx.store.engine.begin() as conn:
+        for row in rows:
+            outcome = outcomes.get(str(row["id"]))
+            if outcome is None:
+                continue  # in neither list: stays pending and is reconciled below
+            message = {"statusCode": outcome.status_code, "statusMessage": outcome.status_message,
+                       "messageId": outcome.message_id, "groupId": result.group_id}
+            status = _settle(conn, row["id"], message, _price(ctx, row["message_type"]))
+            if status == "failed":
+                failed += 1
+                summary.failed += 1
+                summary.failures[outcome.status_code] = summary.failures.get(outcome.status_code, 0) + 1
+            else:
+                summary.sent += 1
+    return failed
+
+
+def _release(ctx: RunContext, batch_id: str) -> None:
+    """SOLAPI answered with an error for the whole request: nothing was accepted, rows are sendable."""
+    d = t.deliveries
+    with ctx.store.engine.begin() as conn:
+        conn.execute(sa.update(d).where(d.c.batch_id == batch_id, d.c.status == "pending")
+                     .values(status="ready", batch_id=None, updated_at=utcnow()))
+
+
+def _fail_batch(ctx: RunContext, batch_id: str, error: SolapiRequestError, summary: DeliverySummary) -> None:
+    """A permanent request error (bad sender, bad key): record it on every row of the batch."""
+    d = t.deliveries
+    with ctx.store.engine.begin() as conn:
+        n = conn.execute(sa.update(d).where(d.c.batch_id == batch_id, d.c.status == "pending").values(
+            status="failed", reason=error.error_code[:64] or str(error.status), status_code=str(error.status),
+            status_message=error.error_message[:500], cost=Decimal(0), updated_at=utcnow())).rowcount
+    summary.failed += n
+    summary.failures[error.error_code or str(error.status)] = summary.failures.get(error.error_code or str(error.status), 0) + n
+
+
+def _force_resend(ctx: RunContext, summary: DeliverySummary) -> None:
+    d = t.deliveries
+    with ctx.store.engine.begin() as conn:
+        n = conn.execute(sa.update(d).where(_scope(ctx), d.c.status == "failed")
+                         .values(status="ready", batch_id=None, reason=None, updated_at=utcnow())).rowcount
+    if n:
+        ctx.log.warning(f"force resend: {n} failed messages of {ctx.campaign.name} [{ctx.occurrence.key}] "
+                        "were put back in the queue on request")
+    summary.requeued += n
+
+
+def _total_ready(ctx: RunContext) -> int:
+    d = t.deliveries
+    with ctx.store.engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).where(_scope(ctx), d.c.status == "ready")).scalar_one())
+
+
+def deliver(ctx: RunContext, sender: Sender | None, *, live: bool, force_resend: bool = False) -> DeliverySummary:
+    summary = DeliverySummary(mode="live" if live else "simulate")
+    if not live:
+        _simulate(ctx, summary)
+        ctx.log.info(f"deliveries of {ctx.campaign.name} [{ctx.occurrence.key}]: simulate mode, "
+                     f"{summary.simulated} messages recorded as simulated, nothing sent")
+        return summary
+    assert sender is not None, "live delivery needs a sender"
+    if not ctx.settings.solapi.sender:
+        raise DeliveryStopped("Settings providers.solapi.sender is not set: SOLAPI needs a registered sender number")
+    reconcile_pending(ctx, sender, summary)
+    if force_resend:
+        _force_resend(ctx, summary)
+    _check_quiet_hours(ctx, utcnow())
+    batch_size = ctx.campaign.batch_size or ctx.settings.solapi.batch_size
+    total = _total_ready(ctx)
+    done = 0
+    while True:
+        batch_id, rows = _claim(ctx, batch_size, summary)
+        if not rows:
+            if _total_ready(ctx) == 0:
+                break
+            continue  # the whole batch was blocked by policy; take the next one
+        summary.batches += 1
+        try:
+            result = sender.send_many([_solapi_message(ctx, r) for r in rows])
+        except OutcomeUnknown:
+            ctx.log.warning(f"batch {batch_id[:8]}: SOLAPI may have accepted {len(rows)} messages without answering; "
+                            "reconciling before going on")
+            reconcile_pending(ctx, sender, summary)
+            done += len(rows)
+            ctx.progress("deliveries", done, total)
+            continue
+        except SolapiRetryExhausted as exc:
+            _release(ctx, batch_id)
+            raise DeliveryStopped(f"SOLAPI kept failing ({exc}); {len(rows)} messages stay queued for the next run") from exc
+        except SolapiRequestError as exc:
+            _fail_batch(ctx, batch_id, exc, summary)
+            raise DeliveryStopped(f"SOLAPI refused the request: {exc.error_code} {exc.error_message}") from exc
+        failed = _record(ctx, rows, result, summary)
+        if result.unmatched_ledger_ids:
+            reconcile_pending(ctx, sender, summary)
+        done += len(rows)
+        ctx.progress("deliveries", done, total)
+        ctx.log.info(f"batch {summary.batches}: {len(rows) - failed} accepted, {failed} failed (group {result.group_id})")
+        if rows and failed / len(rows) > ctx.campaign.max_failure_rate:
+            raise DeliveryStopped(f"{failed} of {len(rows)} messages in one batch failed permanently (more than "
+                                  f"{ctx.campaign.max_failure_rate:.0%}); stopping so the cause can be looked at — "
+                                  f"the rest stay queued. Example failure: {_example_failure(ctx, batch_id)}")
+    return summary
+
+
+def _example_failure(ctx: RunContext, batch_id: str) -> str:
+    d = t.deliveries
+    with ctx.store.engine.connect() as conn:
+        row = conn.execute(sa.select(d.c.phone, d.c.status_code, d.c.status_message)
+                           .where(d.c.batch_id == batch_id, d.c.status == "failed").limit(1)).first()
+    return f"{mask_phone(row[0])}: {row[1]} {row[2]}" if row else "n/a"

@@ -1,0 +1,213 @@
+"""Stage 2 — messages: variables from columns, lookups, payload and constants; rendered text.
+
+Each chunk of recipients costs one query per lookup (`IN :keys`), never one per recipient.
+Templates are compiled once. Every recipient gets a ledger row: `ready` with its rendered
+message and type, or `failed` with the reason it could not be rendered. Rows already sent are
+never touched.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable
+
+import sqlalchemy as sa
+
+from ... import templating, textlimits
+from ...config.models import Campaign, Variable
+from ...state import tables as t
+from ...state.store import utcnow
+from .audience import iter_members
+from .context import RunContext
+
+ALIMTALK_MAX_CHARS = 1000
+# A ledger row in one of these states has not reached the provider and may be re-rendered.
+UNSENT = ("ready", "failed_render")
+
+
+class RenderProblem(Exception):
+    """Why one recipient's message cannot be built (recorded in the ledger as the reason)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Rendered:
+    message_type: str  # SMS | LMS | ATA
+    text: str
+    subject: str | None = None
+    kakao: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class MessagesSummary:
+    rendered: int
+    failed: int
+    by_type: dict[str, int]
+    failures: dict[str, int]
+
+
+def _payload_value(payload: dict[str, Any], dotted: str) -> Any:
+    node: Any = payload
+    for part in dotted.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def _variable(var: Variable, row: dict[str, Any], looked_up: dict[str, dict[Any, dict[str, Any]]],
+              payload: dict[str, Any], campaign: Campaign) -> Any:
+    if var.source == "value":
+        return var.ref
+    if var.source == "column":
+        value = _get(row, var.ref)
+    elif var.source == "payload":
+        value = _payload_value(payload, var.ref)
+    else:
+        lookup_name, column = var.ref
+        lookup = next(lk for lk in campaign.audience.lookups if lk.name == lookup_name)
+        match = looked_up[lookup_name].get(_key(_get(row, lookup.on)))
+        value = _get(match, column) if match else None
+    if value is None:
+        if var.has_default:
+            return var.default
+        raise RenderProblem("missing_variable", f"variable `{var.name}` has no value and no default")
+    return value
+
+
+def _get(row: dict[str, Any], column: str) -> Any:
+    if column in row:
+        return row[column]
+    lowered = column.lower()
+    return next((v for k, v in row.items() if k.lower() == lowered), None)
+
+
+def _key(value: Any) -> Any:
+    """Lookup keys compare as text: 7 from one query matches "7" from another."""
+    return None if value is None else str(value)
+
+
+def render_one(campaign: Campaign, values: dict[str, Any]) -> Rendered:
+    message = campaign.message
+    try:
+        if message.channel == "alimtalk":
+            filled = {ph: templating.render(src, values) for ph, src in message.alimtalk_variables.items()}
+            text = templating.fill_alimtalk(message.text, filled)
+            if len(text) > ALIMTALK_MAX_CHARS:
+                raise RenderProblem("too_long", f"Alimtalk text is {len(text)} characters (max {ALIMTALK_MAX_CHARS})")
+            kakao: dict[str, Any] = {"pfId": message.pf_id, "templateId": message.template_id, "variables": filled,
+                                     "disableSms": not message.sms_fallback}
+            if message.buttons:
+                kakao["buttons"] = list(message.buttons)
+            return Rendered("ATA", text, None, kakao)
+        text = templating.render(message.text, values)
+        subject = templating.render(message.subject, values) if message.subject else None
+    except RenderProblem:
+        raise
+    except Exception as exc:  # Jinja's errors (undefined name, a filter failing on a value) — per recipient
+        raise RenderProblem("render_error", f"{type(exc).__name__}: {exc}"[:200]) from None
+    size = textlimits.sms_bytes(text)
+    if size > textlimits.LMS_MAX_BYTES:
+        raise RenderProblem("too_long", f"text is {size} bytes (LMS max {textlimits.LMS_MAX_BYTES})")
+    if message.channel == "sms" and size <= textlimits.SMS_MAX_BYTES:
+        return Rendered("SMS", text)
+    if message.channel == "sms" and not message.allow_lms:
+        raise RenderProblem("too_long", f"text is {size} bytes, SMS holds {textlimits.SMS_MAX_BYTES} and allowLms is false")
+    if subject is not None and textlimits.sms_bytes(subject) > textlimits.LMS_SUBJECT_MAX_BYTES:
+        raise RenderProblem("too_long", f"subject is {textlimits.sms_bytes(subject)} bytes (max {textlimits.LMS_SUBJECT_MAX_BYTES})")
+    return Rendered("LMS", text, subject)
+
+
+def builtins_for(campaign: str, occurrence: str, now: datetime) -> dict[str, Any]:
+    """Names every template may use besides the recipient's variables (see templating.BUILTIN_NAMES)."""
+    return {"campaign": campaign, "occurrence": occurrence, "now": now, "today": now.date()}
+
+
+def _builtins(ctx: RunContext, now: datetime) -> dict[str, Any]:
+    return builtins_for(ctx.campaign.name, ctx.occurrence.key, now)
+
+
+def lookup_values(campaign: Campaign, business: Callable[[str], Any], rows: list[dict[str, Any]],
+                  params: dict[str, Any]) -> dict[str, dict[Any, dict[str, Any]]]:
+    """Every lookup for one chunk of recipients: one query per lookup, keys bound as `IN :keys`."""
+    looked_up: dict[str, dict[Any, dict[str, Any]]] = {}
+    for lookup in campaign.audience.lookups:
+        db = business(campaign.audience.database)
+        keys = sorted({_key(_get(r, lookup.on)) for r in rows} - {None})
+        found = db.lookup(lookup.sql, keys, params, match=lookup.match) if keys else {}
+        looked_up[lookup.name] = {_key(k): v for k, v in found.items()}
+    return looked_up
+
+
+def message_for(campaign: Campaign, row: dict[str, Any], looked_up: dict[str, dict[Any, dict[str, Any]]],
+                payload: dict[str, Any], builtins: dict[str, Any]) -> Rendered:
+    """One recipient's message; raises RenderProblem with the reason it cannot be built."""
+    values = {**row, **builtins}
+    for var in campaign.variables:
+        values[var.name] = _variable(var, row, looked_up, payload, campaign)
+    return render_one(campaign, values)
+
+
+def render_messages(ctx: RunContext, chunk_size: int = 5000) -> MessagesSummary:
+    campaign = ctx.campaign
+    builtins = _builtins(ctx, utcnow())
+    params = ctx.occurrence.sql_parameters(campaign.name)
+    rendered = failed = 0
+    by_type: dict[str, int] = {}
+    failures: dict[str, int] = {}
+    for members in iter_members(ctx, chunk_size):
+        rows = [json.loads(m["data"]) for m in members]
+        looked_up = lookup_values(campaign, ctx.business, rows, params)
+        now = utcnow()
+        ledger: list[dict[str, Any]] = []
+        for member, row in zip(members, rows):
+            entry: dict[str, Any] = {"campaign": campaign.name, "occurrence": ctx.occurrence.key,
+                                     "recipient_key": member["recipient_key"], "phone": member["phone"],
+                                     "created_at": now, "updated_at": now, "attempts": 0}
+            try:
+                msg = message_for(campaign, row, looked_up, ctx.occurrence.payload, builtins)
+                entry.update(status="ready", reason=None, status_message=None, message_type=msg.message_type,
+                             text=msg.text, subject=msg.subject,
+                             kakao=json.dumps(msg.kakao, ensure_ascii=False) if msg.kakao else None)
+                rendered += 1
+                by_type[msg.message_type] = by_type.get(msg.message_type, 0) + 1
+            except RenderProblem as problem:
+                entry.update(status="failed_render", reason=problem.reason, status_message=problem.detail,
+                             message_type=None, text=None, subject=None, kakao=None)
+                failed += 1
+                failures[problem.reason] = failures.get(problem.reason, 0) + 1
+            ledger.append(entry)
+        _write(ctx, ledger)
+        ctx.progress("messages", rendered + failed, 0)
+    ctx.log.info(f"messages of {campaign.name} [{ctx.occurrence.key}]: {rendered} rendered, {failed} not renderable")
+    return MessagesSummary(rendered, failed, by_type, failures)
+
+
+def _write(ctx: RunContext, ledger: list[dict[str, Any]]) -> None:
+    """Insert new ledger rows; refresh rows that never left; leave everything else alone."""
+    d = t.deliveries
+    keys = [e["recipient_key"] for e in ledger]
+    with ctx.store.engine.begin() as conn:
+        existing = dict(conn.execute(sa.select(d.c.recipient_key, d.c.status).where(
+            d.c.campaign == ctx.campaign.name, d.c.occurrence == ctx.occurrence.key, d.c.recipient_key.in_(keys))).all())
+        fresh = [e for e in ledger if e["recipient_key"] not in existing]
+        if fresh:
+            ctx.store.insert_ignore(conn, d, fresh)
+        stale = [e for e in ledger if existing.get(e["recipient_key"]) in UNSENT]
+        if stale:
+            conn.execute(
+                sa.update(d).where(d.c.campaign == sa.bindparam("b_campaign"), d.c.occurrence == sa.bindparam("b_occurrence"),
+                                   d.c.recipient_key == sa.bindparam("b_key"), d.c.status.in_(UNSENT))
+                .values(status=sa.bindparam("status"), reason=sa.bindparam("reason"),
+                        status_message=sa.bindparam("status_message"), message_type=sa.bindparam("message_type"),
+                        text=sa.bindparam("text"), subject=sa.bindparam("subject"), kakao=sa.bindparam("kakao"),
+                        phone=sa.bindparam("phone"), updated_at=sa.bindparam("updated_at")),
+                [{"b_campaign": e["campaign"], "b_occurrence": e["occurrence"], "b_key": e["recipient_key"],
+                  **{k: e[k] for k in ("status", "reason", "status_message", "message_type", "text", "subject", "kakao",
+                                       "phone", "updated_at")}} for e in stale])

@@ -1,0 +1,108 @@
+"""Running a campaign's selected stages inside a Dagster asset execution.
+
+Decides the occurrence (named, scheduled, from an event, or the run's own), refuses paused
+campaigns, calls the stages in order and turns their summaries into materializations.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Callable, Iterator, Optional
+
+import dagster as dg
+from pydantic import Field
+
+from ...config.models import Campaign
+from ...project import Project
+from .audience import select_audience
+from .context import Occurrence, RunContext, latest_occurrence
+from .deliveries import DeliveryStopped, deliver
+from .messages import render_messages
+from .report import build_report
+
+# Set by the CLI to draw a progress bar while a run executes in its process.
+_progress_listener: Callable[[str, int, int], None] | None = None
+
+
+def set_progress_listener(listener: Callable[[str, int, int], None] | None) -> None:
+    global _progress_listener
+    _progress_listener = listener
+
+
+class CampaignRunConfig(dg.Config):
+    """Run configuration of the `campaigns` asset (all fields optional)."""
+
+    occurrence: Optional[str] = Field(default=None, description="Occurrence key; a manual run without one gets its "
+                                      "own (re-executions of the run keep it), a run of later stages only continues "
+                                      "the latest occurrence.")
+    trigger: str = Field(default="manual", description="manual | schedule | webhook")
+    scheduled_at: Optional[str] = Field(default=None, description="ISO time of the tick or event.")
+    payload: Optional[str] = Field(default=None, description="JSON of the webhook event's payload.")
+    live: bool = Field(default=False, description="Send for real even if the campaign's delivery mode is simulate.")
+    force_resend: bool = Field(default=False, description="Re-queue this occurrence's failed messages on purpose.")
+
+
+def _occurrence(context: dg.AssetExecutionContext, project: Project, campaign: Campaign, stages: set[str],
+                config: CampaignRunConfig) -> Occurrence:
+    payload = json.loads(config.payload) if config.payload else {}
+    scheduled = datetime.fromisoformat(config.scheduled_at) if config.scheduled_at else None
+    if config.occurrence:
+        return Occurrence(config.occurrence, config.trigger, scheduled, payload)  # type: ignore[arg-type]
+    if "audience" not in stages:
+        store = context.resources.state.store()
+        latest = latest_occurrence(store, campaign.name)
+        if latest is None:
+            raise dg.Failure(f"{campaign.name} has no occurrence yet: materialize its audience first, "
+                             "or name an occurrence in the run config")
+        return latest
+    # The root run id survives "re-execute from failure", so a retried manual run is the same occurrence.
+    root = context.run.tags.get("dagster/root_run_id") or context.run_id
+    return Occurrence(f"manual-{root[:12]}", "manual", scheduled, payload)
+
+
+def run_campaign(context: dg.AssetExecutionContext, project: Project, campaign: Campaign, stages: set[str],
+                 config: CampaignRunConfig) -> Iterator[dg.MaterializeResult]:
+    if campaign.status in ("paused", "archived"):
+        raise dg.Failure(f"campaign {campaign.name} is {campaign.status}; set `status: active` (or draft) to run it",
+                         allow_retries=False)
+    occurrence = _occurrence(context, project, campaign, stages, config)
+    store = context.resources.state.store()
+    ctx = RunContext(campaign=campaign, settings=project.settings, occurrence=occurrence, store=store,
+                     business=context.resources.business.database, log=context.log, run_id=context.run_id,
+                     progress=_progress_listener or (lambda *_: None))
+    base = {"occurrence": dg.MetadataValue.text(occurrence.key)}
+
+    def key(stage: str) -> dg.AssetKey:
+        return dg.AssetKey([campaign.name, stage])
+
+    if "audience" in stages:
+        summary = select_audience(ctx)
+        yield dg.MaterializeResult(asset_key=key("audience"), metadata={
+            **base, "selected": summary.selected, "usable": summary.usable,
+            **{f"status/{k}": v for k, v in summary.counts.items()}})
+    if "messages" in stages:
+        ctx.record_occurrence()
+        rendered = render_messages(ctx)
+        yield dg.MaterializeResult(asset_key=key("messages"), metadata={
+            **base, "rendered": rendered.rendered, "not_renderable": rendered.failed,
+            **{f"type/{k}": v for k, v in rendered.by_type.items()},
+            **{f"reason/{k}": v for k, v in rendered.failures.items()}})
+    if "deliveries" in stages:
+        live = config.live or campaign.delivery_mode == "live"
+        sender = context.resources.solapi.client() if live else None
+        try:
+            result = deliver(ctx, sender, live=live, force_resend=config.force_resend)
+        except DeliveryStopped as stop:
+            raise dg.Failure(str(stop), metadata={**base, "campaign": campaign.name}) from stop
+        finally:
+            if sender is not None:
+                sender.close()
+        yield dg.MaterializeResult(asset_key=key("deliveries"), metadata={
+            **base, "mode": result.mode, "sent": result.sent, "failed": result.failed, "blocked": result.blocked,
+            "simulated": result.simulated, "reconciled": result.reconciled, "requeued": result.requeued,
+            "batches": result.batches, **{f"reason/{k}": v for k, v in result.failures.items()}})
+    if "delivery_report" in stages:
+        report = build_report(ctx)
+        yield dg.MaterializeResult(asset_key=key("delivery_report"), metadata=report.metadata())
+

@@ -1,0 +1,167 @@
+"""Compile a project into Dagster definitions.
+
+Every campaign becomes four asset specs (`<name>/audience`, `/messages`, `/deliveries`,
+`/delivery_report`, group = campaign). They are all served by one subsettable multi-asset and
+one shared job: Dagster's load time grows with the number of ops and jobs, not specs, and the
+code location is reloaded often (UI, daemons). A schedule per scheduled campaign requests a run
+of just that campaign's assets, keyed by occurrence. Files that failed validation are shown
+as a `campaignflow/config_errors` asset whose description lists every error.
+"""
+
+
+from collections import defaultdict
+from datetime import datetime
+from typing import Any, Iterator
+
+import dagster as dg
+
+from ..config.findings import Finding
+from ..config.models import Campaign
+from ..project import Project
+from ..resources.configurable import BusinessDatabaseResource, SolapiResource, StateStoreResource, resources_for
+from ..scheduling import describe_schedule, fires_at, schedule_cron
+from .campaigns import STAGES
+from .campaigns.runner import CampaignRunConfig, run_campaign
+
+CAMPAIGN_JOB = "campaign_run"
+CAMPAIGN_TAG = "campaignflow/campaign"
+OCCURRENCE_TAG = "campaignflow/occurrence"
+TRIGGER_TAG = "campaignflow/trigger"
+
+_STAGE_DESCRIPTIONS = {
+    "audience": "Recipients selected by the campaign's SQL (every row kept with its status).",
+    "messages": "Messages rendered per recipient, written to the delivery ledger as `ready`.",
+    "deliveries": "Messages sent through SOLAPI exactly once (or simulated), recorded in the ledger.",
+    "delivery_report": "Counts by status and type, cost and failure reasons for the occurrence.",
+}
+
+
+def stage_key(campaign: str, stage: str) -> dg.AssetKey:
+    return dg.AssetKey([campaign, stage])
+
+
+def _trigger_text(campaign: Campaign) -> str:
+    trigger = campaign.trigger
+    if trigger.kind == "schedule" and trigger.schedule:
+        return describe_schedule(trigger.schedule)
+    if trigger.kind == "webhook":
+        return f"webhook `{trigger.event}`"
+    return "manual"
+
+
+def campaign_specs(campaign: Campaign) -> list[dg.AssetSpec]:
+    specs = []
+    for i, stage in enumerate(STAGES):
+        deps = [stage_key(campaign.name, STAGES[i - 1])] if i else []
+        specs.append(dg.AssetSpec(
+            key=stage_key(campaign.name, stage),
+            deps=deps,
+            group_name=campaign.name,
+            description=(campaign.description + "\n\n" if campaign.description and i == 0 else "") + _STAGE_DESCRIPTIONS[stage],
+            kinds={"sql"} if stage == "audience" else ({"solapi"} if stage == "deliveries" else None),
+            tags={CAMPAIGN_TAG: campaign.name, **{f"label/{k}": v for k, v in campaign.labels.items()}},
+            metadata={"file": campaign.file, "status": campaign.status, "channel": campaign.message.channel,
+                      "trigger": _trigger_text(campaign), "delivery_mode": campaign.delivery_mode},
+            skippable=True,
+        ))
+    return specs
+
+
+def _campaigns_asset(project: Project) -> dg.AssetsDefinition:
+    specs = [spec for campaign in project.campaigns.values() for spec in campaign_specs(campaign)]
+
+    @dg.multi_asset(specs=specs, name="campaigns", can_subset=True, required_resource_keys={"state", "business", "solapi"})
+    def campaigns(context: dg.AssetExecutionContext, config: CampaignRunConfig) -> Iterator[dg.MaterializeResult]:
+        selected: dict[str, set[str]] = defaultdict(set)
+        for key in context.selected_asset_keys:
+            selected[key.path[0]].add(key.path[-1])
+        for name in sorted(selected):
+            yield from run_campaign(context, project, project.campaign(name), selected[name], config)
+
+    return campaigns
+
+
+def _schedule(campaign: Campaign, job: Any) -> dg.ScheduleDefinition | None:
+    schedule = campaign.trigger.schedule
+    if campaign.trigger.kind != "schedule" or schedule is None:
+        return None
+    cron = schedule_cron(schedule)
+    if cron is None:
+        return None  # `immediate` fires from the activation sensor, not a cron
+    keys = [stage_key(campaign.name, stage) for stage in STAGES]
+    tz = str(schedule["timezone"])
+
+    def execution_fn(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        tick: datetime = context.scheduled_execution_time
+        if not fires_at(schedule, tick):
+            return dg.SkipReason(f"{tick.isoformat()} is not a firing of {describe_schedule(schedule)}")
+        occurrence = tick.astimezone(tick.tzinfo).isoformat(timespec="minutes")
+        return dg.RunRequest(
+            run_key=f"{campaign.name}:{occurrence}",
+            asset_selection=keys,
+            run_config={"ops": {"campaigns": {"config": {"occurrence": occurrence, "trigger": "schedule",
+                                                         "scheduled_at": tick.isoformat()}}}},
+            tags={CAMPAIGN_TAG: campaign.name, OCCURRENCE_TAG: occurrence, TRIGGER_TAG: "schedule"},
+        )
+
+    return dg.ScheduleDefinition(
+        name=f"{campaign.name}_schedule",
+        cron_schedule=cron,
+        execution_timezone=tz,
+        job=job,
+        execution_fn=execution_fn,
+        description=f"{campaign.name}: {describe_schedule(schedule)}",
+        default_status=dg.DefaultScheduleStatus.RUNNING if campaign.status == "active" else dg.DefaultScheduleStatus.STOPPED,
+        tags={CAMPAIGN_TAG: campaign.name},
+    )
+
+
+def config_errors_markdown(findings: list[Finding]) -> str:
+    lines = ["These config files failed validation and were left out. Everything else loaded.", "",
+             "| file | line | code | message |", "|---|---:|---|---|"]
+    for f in findings:
+        message = f.message.replace("|", "\\|")
+        lines.append(f"| {f.file} | {f.line}:{f.column} | {f.code} | {message} |")
+    lines += ["", "Run `campaignflow validate` for hints."]
+    return "\n".join(lines)
+
+
+def _config_errors_spec(project: Project) -> dg.AssetSpec | None:
+    errors = project.errors
+    if not errors:
+        return None
+    files = sorted({f.file for f in errors})
+    return dg.AssetSpec(
+        key=dg.AssetKey(["campaignflow", "config_errors"]),
+        group_name="campaignflow",
+        description=config_errors_markdown(errors),
+        metadata={"invalid_files": dg.MetadataValue.json(files), "errors": len(errors)},
+        tags={"campaignflow/health": "config_errors"},
+    )
+
+
+def build_definitions(project: Project) -> dg.Definitions:
+    assets: list[Any] = []
+    jobs: list[Any] = []
+    schedules: list[dg.ScheduleDefinition] = []
+    if project.campaigns:
+        assets.append(_campaigns_asset(project))
+        job = dg.define_asset_job(CAMPAIGN_JOB, selection=dg.AssetSelection.assets(
+            *[stage_key(name, stage) for name in project.campaigns for stage in STAGES]),
+            description="Runs the selected campaigns' stages; schedules and sensors select one campaign per run.",
+            tags={"campaignflow/kind": "campaign"})
+        jobs.append(job)
+        schedules += [s for c in project.campaigns.values() if (s := _schedule(c, job)) is not None]
+    errors_spec = _config_errors_spec(project)
+    if errors_spec is not None:
+        assets.append(errors_spec)
+    return dg.Definitions(
+        assets=assets,
+        jobs=jobs,
+        schedules=schedules,
+        resources=resources_for(project.settings, project.root),
+        metadata={"project": str(project.root), "invalid_files": len(project.validation.invalid_files)},
+    )
+
+
+__all__ = ["BusinessDatabaseResource", "SolapiResource", "StateStoreResource", "build_definitions", "stage_key"]

@@ -1,0 +1,76 @@
+"""Running campaigns through Dagster from the command line (and the demo).
+
+Runs execute in this process against the instance in DAGSTER_HOME, so they appear in the
+Dagster UI exactly like runs started there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import dagster as dg
+
+from .pipelines.campaigns import STAGES
+from .pipelines.campaigns.runner import set_progress_listener
+from .pipelines.compile import CAMPAIGN_JOB, CAMPAIGN_TAG, OCCURRENCE_TAG, TRIGGER_TAG, build_definitions, stage_key
+from .project import Project
+
+
+@dataclass
+class RunOutcome:
+    campaign: str
+    run_id: str
+    success: bool
+    error: str | None
+    metadata: dict[str, dict[str, Any]]  # stage -> materialization metadata values
+
+
+def ensure_dagster_home(project: Project) -> Path:
+    """DAGSTER_HOME as set, or the project's own `.dagster_home` (what `make ui` uses too)."""
+    home = Path(os.environ.get("DAGSTER_HOME") or project.root / ".dagster_home")
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def run_campaign(project: Project, name: str, *, live: bool = False, occurrence: str | None = None,
+                 payload: dict[str, Any] | None = None, force_resend: bool = False,
+                 progress: Callable[[str, int, int], None] | None = None,
+                 instance: dg.DagsterInstance | None = None, console_log_level: str = "WARNING") -> RunOutcome:
+    campaign = project.campaign(name)
+    defs = build_definitions(Project(project.root, project.settings, {name: campaign}, validation=project.validation))
+    job = defs.resolve_job_def(CAMPAIGN_JOB)
+    if instance is None:
+        ensure_dagster_home(project)
+        instance = dg.DagsterInstance.get()
+    trigger = "webhook" if payload is not None else "manual"
+    config: dict[str, Any] = {"live": live, "force_resend": force_resend, "trigger": trigger}
+    if occurrence:
+        config["occurrence"] = occurrence
+    if payload is not None:
+        config["payload"] = json.dumps(payload, ensure_ascii=False)
+    tags = {CAMPAIGN_TAG: name, TRIGGER_TAG: trigger, **({OCCURRENCE_TAG: occurrence} if occurrence else {})}
+    set_progress_listener(progress)
+    try:
+        result = job.execute_in_process(
+            # The terminal shows a progress bar and a summary; the full log is in the run's event log (UI).
+            run_config={"ops": {"campaigns": {"config": config}},
+                        "loggers": {"console": {"config": {"log_level": console_log_level}}}},
+            instance=instance,
+            asset_selection=[stage_key(name, stage) for stage in STAGES], tags=tags, raise_on_error=False)
+    finally:
+        set_progress_listener(None)
+    metadata: dict[str, dict[str, Any]] = {}
+    for event in result.get_asset_materialization_events():
+        mat = event.step_materialization_data.materialization
+        metadata[mat.asset_key.path[-1]] = {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
+    error = None
+    if not result.success:
+        failures = [e for e in result.all_events if e.is_step_failure]
+        error = failures[0].step_failure_data.error.message.strip() if failures and failures[0].step_failure_data.error \
+            else "the run failed"
+    return RunOutcome(name, result.run_id, result.success, error, metadata)

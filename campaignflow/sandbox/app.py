@@ -1,0 +1,30 @@
+"""One loopback server for every provider simulator (their API paths do not collide).
+
+`campaignflow sandbox serve` runs it for local development; the demo and the tests start it in
+a thread. Point a provider's base URL in Settings at it and set the sandbox credentials.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+
+from .solapi import SolapiSandbox
+
+SANDBOX_PORT = 8701
+# The sandbox's own credentials — not secrets: they only open the local simulator.
+SANDBOX_CREDENTIALS = {"SOLAPI_API_KEY": "sandbox-key", "SOLAPI_API_SECRET": "sandbox-secret"}
+
+
+@dataclass
+class Sandbox:
+    solapi: SolapiSandbox
+    app: Starlette
+
+
+def build_sandbox(*, sender: str = "0212345678", auto_complete: bool = True) -> Sandbox:
+    solapi = SolapiSandbox(api_key=SANDBOX_CREDENTIALS["SOLAPI_API_KEY"],
+                           api_secret=SANDBOX_CREDENTIALS["SOLAPI_API_SECRET"],
+                           senders=(sender,), auto_complete=auto_complete)
+    return Sandbox(solapi=solapi, app=Starlette(routes=list(solapi.routes)))

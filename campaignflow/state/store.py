@@ -1,0 +1,346 @@
+"""The state store: one SQLAlchemy engine on SQLite, PostgreSQL or MySQL/MariaDB, its Alembic
+migrations, and the one write primitive every stage needs — an idempotent bulk insert.
+
+``StateStore`` is a plain class: whoever creates it (a Dagster resource, the CLI, a test) owns
+its lifetime and calls :meth:`StateStore.dispose`.
+
+SQLite, the default, is configured for several processes at once (Dagster runs steps in
+subprocesses): WAL journal, foreign keys on, a 30 s busy timeout, and *real* transactions —
+SQLAlchemy emits ``BEGIN`` itself instead of the ``sqlite3`` module's legacy mode, which only
+began transactions before DML (so SELECTs were not isolated and DDL was autocommitted). A
+connection may ask for ``BEGIN IMMEDIATE`` (take the write lock up front, so a read-then-write
+transaction never fails on lock upgrade) with
+``conn.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})`` before its first statement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import sqlite3
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine, make_url
+
+__all__ = ["MIGRATIONS_DIR", "SQLITE_BEGIN", "VERSION_TABLE", "StateStore", "utcnow"]
+
+log = logging.getLogger(__name__)
+
+#: Alembic's scripts (env.py, versions/), shipped inside the package.
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+#: Alembic's version table. Not the default ``alembic_version``: the state store may share a
+#: database with another Alembic-managed schema (the Dagster instance's, for one).
+VERSION_TABLE = "campaignflow_alembic_version"
+#: Execution option naming the SQLite ``BEGIN`` mode of a connection: DEFERRED (default),
+#: IMMEDIATE or EXCLUSIVE.
+SQLITE_BEGIN = "campaignflow_sqlite_begin"
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: How long :meth:`StateStore.migrate` waits for another process's migration (PG, MySQL).
+MIGRATE_LOCK_TIMEOUT_S = 300
+# pg_advisory_xact_lock key: stable, derived from a name (PG advisory locks are per database).
+_PG_LOCK_KEY = int.from_bytes(hashlib.sha256(b"campaignflow.state.migrate").digest()[:8], "big", signed=True)
+_MYSQL_TEXT_MAX_BYTES = 65_535  # TEXT; longer values fail (strict) or are truncated (INSERT IGNORE)
+
+_DIALECTS = {"sqlite": "sqlite", "postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC (what every timestamp column expects)."""
+    return datetime.now(timezone.utc)
+
+
+class StateStore:
+    """The state store's engine, migrations and bulk-insert primitive."""
+
+    def __init__(self, url: str) -> None:
+        parsed = make_url(url)
+        backend = parsed.get_backend_name()
+        if backend not in _DIALECTS:
+            raise ValueError(
+                f"unsupported state store database {backend!r} in {parsed.render_as_string(hide_password=True)}; "
+                "use sqlite, postgresql or mysql/mariadb"
+            )
+        self._dialect = _DIALECTS[backend]
+        self._url = parsed
+        if self._dialect == "sqlite":
+            _create_sqlite_parent(parsed)
+            self._engine = sa.create_engine(parsed)
+            _configure_sqlite(self._engine)
+        elif self._dialect == "mysql":
+            # MySQL closes idle connections after wait_timeout (8 h by default).
+            self._engine = sa.create_engine(parsed, pool_pre_ping=True, pool_recycle=3600)
+            _configure_mysql(self._engine)
+        else:
+            self._engine = sa.create_engine(parsed, pool_pre_ping=True)
+        self._insert_cache: dict[sa.Table, tuple[Any, _RowRules]] = {}
+
+    def __repr__(self) -> str:
+        return f"StateStore({self._url.render_as_string(hide_password=True)!r})"
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"``, ``"postgresql"`` or ``"mysql"`` (MariaDB included)."""
+        return self._dialect
+
+    # -- migrations ------------------------------------------------------------------------
+
+    def _alembic_config(self, connection: Connection) -> Any:
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        cfg.set_main_option("path_separator", "os")
+        cfg.attributes["connection"] = connection
+        cfg.attributes["version_table"] = VERSION_TABLE
+        return cfg
+
+    def migrate(self) -> None:
+        """Upgrade the schema to the newest revision; a no-op when it is already there.
+
+        Safe to call from several processes at once: the upgrade runs under a lock — an
+        advisory transaction lock on PostgreSQL, ``GET_LOCK`` on MySQL, ``BEGIN IMMEDIATE``
+        (the database's write lock) on SQLite — and whoever comes second finds the schema
+        current. On PostgreSQL and SQLite the whole upgrade is one transaction; MySQL cannot
+        roll DDL back.
+        """
+        from alembic import command
+
+        with self._engine.connect() as conn:
+            if self._dialect == "mysql":
+                self._migrate_mysql(conn)
+                return
+            if self._dialect == "sqlite":
+                conn.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
+            with conn.begin():
+                if self._dialect == "postgresql":
+                    conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{MIGRATE_LOCK_TIMEOUT_S}s'")
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+                command.upgrade(self._alembic_config(conn), "head")
+
+    def _migrate_mysql(self, conn: Connection) -> None:
+        from alembic import command
+
+        # GET_LOCK names are server-wide (max 64 characters): scope it to this database.
+        name = "campaignflow.migrate." + hashlib.sha256(str(self._url.database).encode()).hexdigest()[:32]
+        got = conn.execute(
+            sa.text("SELECT GET_LOCK(:name, :timeout)"), {"name": name, "timeout": MIGRATE_LOCK_TIMEOUT_S}
+        ).scalar()
+        conn.commit()
+        if got != 1:
+            raise TimeoutError(f"another process held the state store migration lock for {MIGRATE_LOCK_TIMEOUT_S}s")
+        failed = True
+        try:
+            with conn.begin():
+                command.upgrade(self._alembic_config(conn), "head")
+            failed = False
+        finally:
+            try:
+                conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+                conn.commit()
+            except Exception:
+                if not failed:
+                    raise
+                # The migration's own error matters more; the lock dies with the session.
+                log.warning("could not release the migration lock %s", name, exc_info=True)
+                conn.invalidate()
+
+    def current_revision(self) -> str | None:
+        """The schema's Alembic revision, or None when the store was never migrated."""
+        from alembic.migration import MigrationContext
+
+        with self._engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+            return context.get_current_revision()
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def insert_ignore(self, conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Insert ``rows`` into ``table``, skipping those that collide with an existing row (or an
+        earlier row of the batch) on a primary key or unique constraint. Returns how many rows
+        were inserted.
+
+        One statement execution for the whole batch, in the caller's transaction (``conn``; the
+        caller commits): SQLite runs an in-process ``executemany`` of ``INSERT .. ON CONFLICT DO
+        NOTHING``; PostgreSQL sends the same as multi-row ``VALUES`` statements (SQLAlchemy's
+        insertmanyvalues: up to 1,000 rows / 32,700 parameters per statement) with ``RETURNING``
+        of the primary key, so the count is exact; MySQL sends ``INSERT IGNORE`` through
+        PyMySQL's ``executemany``, which packs the rows into multi-row statements of up to
+        ~1 MB and sums the affected-row counts. -1 means the driver did not report a count
+        (not the case with sqlite3, psycopg2 or PyMySQL).
+
+        Every row must have the same keys, all of them columns of ``table``; missing columns get
+        their Python-side default. Because MySQL's ``INSERT IGNORE`` would also turn other errors
+        into warnings (NULL into NOT NULL becomes '' or 0, an over-long string is cut), rows are
+        checked first, on every database alike: a required column that is missing or None, a
+        string longer than its ``String(n)``, or (MySQL) a text over 65,535 UTF-8 bytes raises
+        ``ValueError`` and nothing is inserted. Only duplicates are ever skipped.
+        """
+        if not rows:
+            return 0
+        cached = self._insert_cache.get(table)
+        if cached is None:
+            cached = (self._insert_statement(table), _RowRules(table, self._dialect))
+            self._insert_cache[table] = cached
+        statement, rules = cached
+        rules.check(rows)
+        params = rows if isinstance(rows, list) else list(rows)
+        result = conn.execute(statement, params)
+        if self._dialect == "postgresql":
+            return len(result.all())
+        count = result.rowcount
+        return count if isinstance(count, int) and count >= 0 else -1
+
+    def _insert_statement(self, table: sa.Table) -> Any:
+        if self._dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            return sqlite_insert(table).on_conflict_do_nothing()
+        if self._dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
+        return sa.insert(table).prefix_with("IGNORE")
+
+    def dispose(self) -> None:
+        """Close every pooled connection (the store can still be used; it reconnects)."""
+        self._engine.dispose()
+
+
+class _RowRules:
+    """What ``insert_ignore`` checks before it lets INSERT IGNORE near the rows."""
+
+    def __init__(self, table: sa.Table, dialect: str) -> None:
+        self.table = table
+        self.columns = frozenset(table.c.keys())
+        self.required: list[str] = []
+        self.max_chars: list[tuple[str, int]] = []
+        self.max_bytes: list[tuple[str, int]] = []
+        for column in table.columns:
+            has_default = column.default is not None or column.server_default is not None
+            autoincrement = column is table.autoincrement_column
+            if not column.nullable and not has_default and not autoincrement:
+                self.required.append(column.key)
+            length = getattr(column.type, "length", None)
+            if isinstance(column.type, sa.String) and length:
+                self.max_chars.append((column.key, length))
+            elif isinstance(column.type, sa.Text) and dialect == "mysql":
+                self.max_bytes.append((column.key, _MYSQL_TEXT_MAX_BYTES))
+
+    def check(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        name = self.table.name
+        keys = rows[0].keys()
+        unknown = set(keys) - self.columns
+        if unknown:
+            raise ValueError(f"{name}: no such column(s): {', '.join(sorted(unknown))}")
+        for index, row in enumerate(rows):
+            if row.keys() != keys:
+                raise ValueError(
+                    f"{name}: row {index} has keys {sorted(row.keys())}, row 0 has {sorted(keys)}; "
+                    "every row of a batch must have the same keys"
+                )
+        for key in self.required:
+            if key not in keys:
+                raise ValueError(f"{name}: column {key!r} is required")
+            for index, row in enumerate(rows):
+                if row[key] is None:
+                    raise ValueError(f"{name}: row {index}: column {key!r} must not be None")
+        for key, limit in self.max_chars:
+            if key not in keys:
+                continue
+            for index, row in enumerate(rows):
+                value = row[key]
+                if isinstance(value, str) and len(value) > limit:
+                    raise ValueError(f"{name}: row {index}: {key!r} is {len(value)} characters, more than {limit}")
+        for key, limit in self.max_bytes:
+            if key not in keys:
+                continue
+            for index, row in enumerate(rows):
+                value = row[key]
+                # Cheap bound first: a str never takes more than 4 UTF-8 bytes per character.
+                if isinstance(value, str) and len(value) * 4 > limit and len(value.encode("utf-8")) > limit:
+                    raise ValueError(f"{name}: row {index}: {key!r} is over {limit} UTF-8 bytes (MySQL TEXT)")
+
+
+# -- engine configuration --------------------------------------------------------------------
+
+
+def _create_sqlite_parent(url: sa.URL) -> None:
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:") or url.query.get("mode") == "memory":
+        return
+    Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take BEGIN away from the sqlite3 module (see _on_begin).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            _sqlite_wal(cursor)
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        # Resetting an AUTOCOMMIT connection hands BEGIN back to sqlite3; take it again.
+        if dbapi_connection.isolation_level is not None:
+            dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        options = conn.get_execution_options()
+        if options.get("isolation_level") == "AUTOCOMMIT":
+            return
+        mode = str(options.get(SQLITE_BEGIN, "DEFERRED")).upper()
+        if mode not in ("DEFERRED", "IMMEDIATE", "EXCLUSIVE"):
+            raise ValueError(f"{SQLITE_BEGIN} must be DEFERRED, IMMEDIATE or EXCLUSIVE, not {mode!r}")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _sqlite_wal(cursor: Any) -> None:
+    """Switch the database to WAL (persistent: a no-op once any connection did it).
+
+    While another process creates the file or switches it, SQLite may answer "database is
+    locked" at once, without waiting out the busy timeout: retry until the timeout is spent.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            transient = "locked" in str(error) or "busy" in str(error)
+            if not transient or time.monotonic() >= deadline:
+                raise
+            time.sleep(random.uniform(0.005, 0.05))
+
+
+def _configure_mysql(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # UTC session (NOW(), TIMESTAMP), and strict mode even if the server's default is not:
+        # a value that does not fit is an error, never silently cut.
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(
+                "SET SESSION time_zone = '+00:00', "
+                "sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'STRICT_ALL_TABLES')"
+            )
+        finally:
+            cursor.close()

@@ -1,0 +1,129 @@
+"""State store tables (SQLAlchemy Core). Migrations in `migrations/` must match these.
+
+Large stage outputs live here, keyed by campaign and occurrence, so Dagster passes only
+counts between assets and a run can stream millions of rows in bounded memory.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger, Column, DateTime, Index, Integer, MetaData, Numeric, String, Table, Text, UniqueConstraint,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+# Named constraints so Alembic migrations are identical on SQLite, PostgreSQL and MySQL.
+metadata = MetaData(naming_convention={
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; BigInteger elsewhere.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A point in time, always timezone-aware UTC in Python, on every database.
+
+    PostgreSQL stores ``timestamp with time zone``; SQLite (text) and MySQL (``DATETIME(6)``,
+    microseconds kept) store the naive UTC wall clock. Values bound must be timezone-aware
+    (any zone; converted to UTC) — a naive datetime is ambiguous and raises ``ValueError``.
+    Values read back are aware, in UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise TypeError(f"UtcDateTime expects a datetime, got {type(value).__name__}")
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(
+                f"naive datetime {value.isoformat()} given; pass a timezone-aware datetime (e.g. utcnow())"
+            )
+        value = value.astimezone(timezone.utc)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+occurrences = Table(
+    "occurrences", metadata,
+    Column("campaign", String(63), primary_key=True),
+    Column("occurrence", String(128), primary_key=True),
+    Column("trigger", String(16), nullable=False),          # manual | schedule | webhook
+    Column("scheduled_at", UtcDateTime()),                  # the tick or event time
+    Column("payload", Text),                                 # JSON of the webhook payload
+    Column("run_id", String(64)),                            # last Dagster run that worked on it
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+# One row per row the audience query returned: nobody is dropped without a recorded reason.
+audience_members = Table(
+    "audience_members", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("campaign", String(63), nullable=False),
+    Column("occurrence", String(128), nullable=False),
+    Column("recipient_key", String(255), nullable=False),
+    Column("phone", String(32)),                             # normalised (01012345678); NULL if unusable
+    Column("status", String(24), nullable=False),            # ok | invalid_phone | duplicate_key | duplicate_phone
+    Column("reason", String(255)),
+    Column("data", Text, nullable=False),                    # JSON of the row's columns
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index(None, "campaign", "occurrence", "id"),
+    Index(None, "campaign", "occurrence", "recipient_key"),
+    Index(None, "campaign", "occurrence", "phone"),
+)
+
+# The delivery ledger. One row per (campaign, occurrence, recipient) — ever. Written before the
+# provider is called; its id travels to SOLAPI in customFields so a lost answer can be reconciled.
+deliveries = Table(
+    "deliveries", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("campaign", String(63), nullable=False),
+    Column("occurrence", String(128), nullable=False),
+    Column("recipient_key", String(255), nullable=False),
+    Column("phone", String(32), nullable=False),
+    Column("message_type", String(8)),                       # SMS | LMS | ATA (NULL when not renderable)
+    Column("subject", Text),
+    Column("text", Text),
+    Column("kakao", Text),                                   # JSON kakaoOptions for ATA
+    # ready -> pending -> sent -> delivered | failed;  simulated;  blocked;  failed (render/permanent)
+    Column("status", String(16), nullable=False),
+    Column("reason", String(64)),                            # why failed/blocked: render_error, frequency_cap, budget, 3104...
+    Column("status_code", String(16)),                       # provider status code
+    Column("status_message", Text),
+    Column("provider_message_id", String(64)),
+    Column("group_id", String(64)),
+    Column("batch_id", String(64)),
+    Column("cost", Numeric(12, 2)),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Column("claimed_at", UtcDateTime()),                     # when it went pending (reconciliation window)
+    Column("sent_at", UtcDateTime()),
+    Column("final_at", UtcDateTime()),                       # delivered/failed report from the carrier
+    UniqueConstraint("campaign", "occurrence", "recipient_key"),
+    Index(None, "campaign", "occurrence", "status", "id"),
+    Index(None, "phone", "sent_at"),
+    Index(None, "provider_message_id"),
+    Index(None, "batch_id"),
+)
