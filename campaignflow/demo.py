@@ -82,3 +82,6 @@ def _summary(outcomes: list[RunOutcome], received: int) -> None:
                       str(o.metadata.get("messages", {}).get("not_renderable", "-")), f"{rep.get('cost_krw', 0):,.1f}")
     console.print(table)
     console.print(f"the sandbox received {received} messages over HTTP")
+    if any(o.metadata.get("deliveries", {}).get("blocked") for o in outcomes):
+        console.print("blocked recipients were messaged by an earlier demo within the campaign's frequency cap "
+                      "(see the ledger's reasons); delete .campaignflow/ to start from scratch")

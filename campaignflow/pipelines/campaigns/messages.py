@@ -203,7 +203,9 @@ def _write(ctx: RunContext, ledger: list[dict[str, Any]]) -> None:
         if stale:
             conn.execute(
                 sa.update(d).where(d.c.campaign == sa.bindparam("b_campaign"), d.c.occurrence == sa.bindparam("b_occurrence"),
-                                   d.c.recipient_key == sa.bindparam("b_key"), d.c.status.in_(UNSENT))
+                                   d.c.recipient_key == sa.bindparam("b_key"),
+                                   # no IN (...): expanding parameters cannot be used with executemany
+                                   sa.or_(*(d.c.status == status for status in UNSENT)))
                 .values(status=sa.bindparam("status"), reason=sa.bindparam("reason"),
                         status_message=sa.bindparam("status_message"), message_type=sa.bindparam("message_type"),
                         text=sa.bindparam("text"), subject=sa.bindparam("subject"), kakao=sa.bindparam("kakao"),

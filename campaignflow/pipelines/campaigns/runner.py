@@ -57,7 +57,7 @@ def _occurrence(context: dg.AssetExecutionContext, project: Project, campaign: C
                              "or name an occurrence in the run config")
         return latest
     # The root run id survives "re-execute from failure", so a retried manual run is the same occurrence.
-    root = context.run.tags.get("dagster/root_run_id") or context.run_id
+    root = context.run.tags.get("dagster/root_run_id") or context.run.run_id
     return Occurrence(f"manual-{root[:12]}", "manual", scheduled, payload)
 
 
@@ -69,7 +69,7 @@ def run_campaign(context: dg.AssetExecutionContext, project: Project, campaign: 
     occurrence = _occurrence(context, project, campaign, stages, config)
     store = context.resources.state.store()
     ctx = RunContext(campaign=campaign, settings=project.settings, occurrence=occurrence, store=store,
-                     business=context.resources.business.database, log=context.log, run_id=context.run_id,
+                     business=context.resources.business.database, log=context.log, run_id=context.run.run_id,
                      progress=_progress_listener or (lambda *_: None))
     base = {"occurrence": dg.MetadataValue.text(occurrence.key)}
 
