@@ -437,16 +437,18 @@ class _Writer:
     writes inline (sqlite3's executemany is C).
     """
 
-    def __init__(self, engine: sa.Engine, inserter: _Inserter, *, background: bool) -> None:
+    def __init__(self, engine: sa.Engine, inserter: _Inserter, *, threads: int) -> None:
         self.engine = engine
         self.inserter = inserter
         self.error: BaseException | None = None
         self.queue: queue.Queue[_Batch | None] | None = None
-        self.thread: threading.Thread | None = None
-        if background:
-            self.queue = queue.Queue(maxsize=2)
-            self.thread = threading.Thread(target=self._run, name="crm-data-writer", daemon=True)
-            self.thread.start()
+        self.threads: list[threading.Thread] = []
+        if threads:
+            self.queue = queue.Queue(maxsize=2 * threads)
+            for number in range(threads):
+                thread = threading.Thread(target=self._run, name=f"crm-data-writer-{number}", daemon=True)
+                thread.start()
+                self.threads.append(thread)
 
     def _write(self, batch: _Batch) -> None:
         with self.engine.begin() as conn:
@@ -471,12 +473,17 @@ class _Writer:
             self.queue.put(batch)
 
     def close(self) -> None:
-        if self.queue is not None and self.thread is not None:
-            self.queue.put(None)
-            self.thread.join()
+        if self.queue is not None:
+            for _ in self.threads:
+                self.queue.put(None)
+            for thread in self.threads:
+                thread.join()
             self.queue = None
         if self.error is not None:
             raise self.error
+
+
+_WRITER_THREADS = 2  # MariaDB stores two batches at once; more does not help
 
 
 def _load(url: str, count: int, *, seed: int, batch: int, max_reviews: int) -> dict[str, int]:
@@ -502,7 +509,7 @@ def _load(url: str, count: int, *, seed: int, batch: int, max_reviews: int) -> d
                 inserter.write(conn, inserter.render(companies, company_rows[start : start + batch]))
             counts["companies"] = len(company_rows)
 
-        writer = _Writer(engine, inserter, background=engine.dialect.name != "sqlite")
+        writer = _Writer(engine, inserter, threads=0 if engine.dialect.name == "sqlite" else _WRITER_THREADS)
         try:
             for first in range(1, count + 1, batch):
                 customer_rows: list[tuple[Any, ...]] = []
