@@ -48,10 +48,16 @@ def project_dir(explicit: Path | str | None = None) -> Path:
     return Path(explicit or os.environ.get(PROJECT_DIR_ENV) or Path.cwd()).resolve()
 
 
-def load_project(root: Path | str | None = None) -> Project:
+CACHE_FILE = Path(".campaignflow") / "cache" / "validation.pickle"
+
+
+def load_project(root: Path | str | None = None, *, use_cache: bool = True) -> Project:
+    """Load and validate the project's configs. The cache (`.campaignflow/cache/`) lets Dagster's
+    frequent reloads skip files that did not change; results are identical either way."""
     root = project_dir(root)
     configs = root / "configs"
-    validation = validate_paths([configs], base=root) if configs.is_dir() else ValidationResult()
+    cache = root / CACHE_FILE if use_cache else None
+    validation = validate_paths([configs], base=root, cache_file=cache) if configs.is_dir() else ValidationResult()
     docs = validation.valid_documents()
     settings_doc = next((d for d in docs if d.kind == "Settings"), None)
     settings = Settings.from_dict(settings_doc.data if settings_doc else None)

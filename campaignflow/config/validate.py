@@ -17,6 +17,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Iterable
 
+from .cache import ValidationCache
 from .checks import Identity, ProjectContext, check_across_files, check_document
 from .findings import Finding, Severity
 from .schemas import header_findings, schema_findings
@@ -63,10 +64,11 @@ class ValidationResult:
 
 
 def _display(path: Path, base: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(base.resolve()))
-    except ValueError:
-        return str(path)
+    """The path as people see it: relative to the base when inside it (no symlink resolution:
+    it costs syscalls per file and the names people typed are the ones they recognise)."""
+    absolute = os.path.abspath(path)
+    relative = os.path.relpath(absolute, os.path.abspath(base))
+    return str(path) if relative.startswith("..") else relative
 
 
 def discover(paths: Iterable[Path]) -> list[Path]:
@@ -112,7 +114,10 @@ class _Checked:
 
 
 def _shape(path: Path, shown: str) -> _Checked:
-    text = read_text(path, shown)
+    return _shape_text(shown, read_text(path, shown))
+
+
+def _shape_text(shown: str, text: str | Finding) -> _Checked:
     if isinstance(text, Finding):
         return _Checked(shown, None, [text], None)
     doc = parse_text(shown, text)
@@ -227,23 +232,42 @@ def default_jobs() -> int:
 
 
 def validate_paths(paths: list[Path], *, base: Path | None = None, with_project_context: bool = True,
-                   jobs: int = 1) -> ValidationResult:
+                   jobs: int = 1, cache_file: Path | None = None) -> ValidationResult:
     """Validate files and folders. Referenced files outside the selection (Settings, personas) are
-    read from the surrounding configs folder for context but not reported on."""
+    read from the surrounding configs folder for context but not reported on.
+
+    `jobs` > 1 checks large sets in forked workers (results carry findings, not documents);
+    `cache_file` reuses earlier results for files whose content (and context) did not change.
+    """
     base = base or Path.cwd()
     files = discover(paths)
     result = ValidationResult(files=[_display(p, base) for p in files])
     items = list(zip(files, result.files))
 
     pool: _Pool | None = None
-    checked: list[_Checked] = []
-    if _use_workers(jobs, len(items)):
+    checked: dict[str, _Checked] = {}
+    texts: dict[str, str | Finding] = {}
+    memo = ValidationCache.open(cache_file) if cache_file is not None else None
+    if _use_workers(jobs, len(items)) and memo is None:
         pool = _Pool(items, min(jobs, len(items)))
         summaries = pool.shape()
     else:
-        checked = [_shape(path, shown) for path, shown in items]
-        summaries = [_summarize(c) for c in checked]
-        result.documents = {c.shown: c.doc for c in checked if c.doc is not None and c.schema_ok}
+        summaries = []
+        for path, shown in items:
+            texts[shown] = text = read_text(path, shown)
+            hit = memo.shape(shown, text) if memo is not None and isinstance(text, str) else None
+            if hit is not None:
+                summary, data = hit
+                if data is not None and isinstance(text, str):
+                    result.documents[shown] = Document(shown, text, data)
+            else:
+                checked[shown] = c = _shape_text(shown, text)
+                summary = _summarize(c)
+                if c.doc is not None and c.schema_ok:
+                    result.documents[shown] = c.doc
+                if memo is not None and isinstance(text, str):
+                    memo.remember_shape(shown, text, summary, c.doc.data if c.doc is not None and c.schema_ok else None)
+            summaries.append(summary)
 
     ctx = ProjectContext()
     for summary in summaries:
@@ -263,7 +287,19 @@ def validate_paths(paths: list[Path], *, base: Path | None = None, with_project_
     if pool is not None:
         semantic = pool.semantics(ctx)
     else:
-        semantic = [(c.shown, found, c.text if found else None) for c in checked for found in [_semantics(c, ctx)]]
+        semantic = []
+        context_key = ValidationCache.context_key(ctx) if memo is not None else ""
+        for path, shown in items:
+            text = texts[shown]
+            found = memo.semantics(shown, text, context_key) if memo is not None and isinstance(text, str) else None
+            if found is None:
+                c = checked.get(shown) or _shape_text(shown, text)
+                found = _semantics(c, ctx)
+                if memo is not None and isinstance(text, str):
+                    memo.remember_semantics(shown, text, context_key, found)
+            semantic.append((shown, found, text if found and isinstance(text, str) else None))
+        if memo is not None:
+            memo.save()
     for shown, found, text in semantic:
         result.findings.extend(found)
         if text is not None:

@@ -51,6 +51,9 @@ def _trigger_text(campaign: Campaign) -> str:
 
 def campaign_specs(campaign: Campaign) -> list[dg.AssetSpec]:
     specs = []
+    metadata = {"file": campaign.file, "status": campaign.status, "channel": campaign.message.channel,
+                "trigger": _trigger_text(campaign), "delivery_mode": campaign.delivery_mode}
+    tags = {CAMPAIGN_TAG: campaign.name, **{f"label/{k}": v for k, v in campaign.labels.items()}}
     for i, stage in enumerate(STAGES):
         deps = [stage_key(campaign.name, STAGES[i - 1])] if i else []
         specs.append(dg.AssetSpec(
@@ -59,9 +62,8 @@ def campaign_specs(campaign: Campaign) -> list[dg.AssetSpec]:
             group_name=campaign.name,
             description=(campaign.description + "\n\n" if campaign.description and i == 0 else "") + _STAGE_DESCRIPTIONS[stage],
             kinds={"sql"} if stage == "audience" else ({"solapi"} if stage == "deliveries" else None),
-            tags={CAMPAIGN_TAG: campaign.name, **{f"label/{k}": v for k, v in campaign.labels.items()}},
-            metadata={"file": campaign.file, "status": campaign.status, "channel": campaign.message.channel,
-                      "trigger": _trigger_text(campaign), "delivery_mode": campaign.delivery_mode},
+            tags=tags,
+            metadata=metadata,
             skippable=True,
         ))
     return specs
