@@ -85,13 +85,13 @@ _MYSQL_LEXER: Final = re.compile(
     re.S | re.X,
 )
 
-# The SQL sqlglot writes for SQLite / PostgreSQL: standard literals ('' escapes,
-# backslash is an ordinary character), "quoted" identifiers, standard comments.
-_STANDARD_LEXER: Final = re.compile(
+# The SQL sqlglot writes for SQLite / PostgreSQL (comments already gone): standard
+# literals ('' escapes, backslash is an ordinary character) and "quoted" identifiers.
+# No comment rule: "--" in generated code could only be two minus signs.
+_OUTPUT_LEXER: Final = re.compile(
     r"""
       (?P<literal>'(?:[^']++|'')*+'|"(?:[^"]++|"")*+"|`(?:[^`]++|``)*+`)
-    | (?P<comment>/\*.*?\*/|--[^\n]*+)
-    | (?P<open>['"`]|/\*)
+    | (?P<open>['"`])
     | (?P<param>(?<![:\w\\]):(?P<name>\w+)(?![:\w]))
     """,
     re.S | re.X,
@@ -350,7 +350,7 @@ def _transpile(sql: str, target: str, names: Sequence[str]) -> str:
     out = re.sub(
         rf"__{stem}(\d+)__", lambda m: ":" + names[int(m.group(1))], out
     )
-    return _rewrite(out, _STANDARD_LEXER, escape_literals=True)
+    return _rewrite(out, _OUTPUT_LEXER, escape_literals=True)
 
 
 def prepare_sql(sql: str, dialect: str) -> str:

@@ -23,8 +23,9 @@ class Sandbox:
     app: Starlette
 
 
-def build_sandbox(*, sender: str = "0212345678", auto_complete: bool = True) -> Sandbox:
+def build_sandbox(*, sender: str = "0212345678", auto_complete: bool = True, balance: float = 1e12) -> Sandbox:
+    """`balance` in KRW: large by default so local runs never hit it; tests lower it to see 1030."""
     solapi = SolapiSandbox(api_key=SANDBOX_CREDENTIALS["SOLAPI_API_KEY"],
                            api_secret=SANDBOX_CREDENTIALS["SOLAPI_API_SECRET"],
-                           senders=(sender,), auto_complete=auto_complete)
+                           senders=(sender,), auto_complete=auto_complete, balance=balance)
     return Sandbox(solapi=solapi, app=Starlette(routes=list(solapi.routes)))

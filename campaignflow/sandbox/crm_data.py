@@ -472,14 +472,14 @@ class _Writer:
         else:
             self.queue.put(batch)
 
-    def close(self) -> None:
+    def close(self, *, raise_error: bool = True) -> None:
         if self.queue is not None:
             for _ in self.threads:
                 self.queue.put(None)
             for thread in self.threads:
                 thread.join()
             self.queue = None
-        if self.error is not None:
+        if raise_error and self.error is not None:
             raise self.error
 
 
@@ -530,8 +530,10 @@ def _load(url: str, count: int, *, seed: int, batch: int, max_reviews: int) -> d
                 counts["customers"] += len(customer_rows)
                 counts["reviews"] += len(review_rows)
                 counts["subscriptions"] += len(subscription_rows)
-        finally:
-            writer.close()
+        except BaseException:
+            writer.close(raise_error=False)  # the first error is the one to see
+            raise
+        writer.close()
 
         with engine.begin() as conn:
             for index in indexes:

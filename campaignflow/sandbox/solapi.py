@@ -259,6 +259,7 @@ class SolapiSandbox:
         self._reset_state()
         self.routes: list[Route] = [
             Route("/messages/v4/send-many/detail", self._send_many, methods=["POST"]),
+            Route("/messages/v4/send", self._send_one, methods=["POST"]),
             Route("/messages/v4/groups/{group_id}/messages", self._group_messages, methods=["GET"]),
             Route("/messages/v4/list", self._message_list, methods=["GET"]),
             Route("/cash/v1/balance", self._balance, methods=["GET"]),
@@ -683,6 +684,27 @@ class SolapiSandbox:
                 messages, bool(body.get("allowDuplicates", False)), bool(body.get("showMessageList"))
             )
         return await self._answer(answer, fault)
+
+    async def _send_one(self, request: Request) -> Response:
+        """`POST /messages/v4/send`: one message per request (what naive integrations call in a loop)."""
+        refusal, fault = self._admit(request, "/messages/v4/send")
+        if refusal is not None:
+            return refusal
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "ValidationError", "body must be JSON")
+        message = body.get("message") if isinstance(body, dict) else None
+        if not isinstance(message, dict):
+            return _error(400, "ValidationError", "message must be an object")
+        with self._lock:
+            answer = self._accept([message], False, True)
+        outcome = (answer.get("messageList") or answer["failedMessageList"])[0]
+        single = {"groupId": answer["groupInfo"]["groupId"], "to": message.get("to"), "from": message.get("from"),
+                  "type": message.get("type"), "country": "82", "accountId": "sandbox-account",
+                  "messageId": outcome.get("messageId"), "statusCode": outcome.get("statusCode"),
+                  "statusMessage": outcome.get("statusMessage")}
+        return await self._answer(single, fault)
 
     async def _group_messages(self, request: Request) -> Response:
         group_id = request.path_params["group_id"]

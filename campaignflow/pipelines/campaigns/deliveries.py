@@ -83,20 +83,28 @@ def _simulate(ctx: RunContext, summary: DeliverySummary) -> None:
 
 
 # -- reconcile ---------------------------------------------------------------------------
-def _settle(conn: sa.Connection, row_id: int, message: dict[str, Any], price: Decimal) -> str:
-    """Record what SOLAPI knows of one message; returns the ledger status it got."""
+def _outcome_values(row_id: int, message: dict[str, Any], price: Decimal, now: datetime) -> dict[str, Any]:
+    """The ledger values for what SOLAPI knows of one message (its status decides the rest)."""
     code = str(message.get("statusCode", ""))
-    kind = classify_status(code)
-    status = {"accepted": "sent", "pending": "sent", "delivered": "delivered"}.get(kind, "failed")
-    now = utcnow()
-    d = t.deliveries
-    conn.execute(sa.update(d).where(d.c.id == row_id).values(
-        status=status, status_code=code, status_message=str(message.get("statusMessage", ""))[:500],
-        provider_message_id=message.get("messageId"), group_id=message.get("groupId"),
-        reason=None if status != "failed" else code, cost=price if status != "failed" else Decimal(0),
-        sent_at=now if status != "failed" else None, final_at=now if status in ("delivered", "failed") else None,
-        updated_at=now))
-    return status
+    status = {"accepted": "sent", "pending": "sent", "delivered": "delivered"}.get(classify_status(code), "failed")
+    sent = status != "failed"
+    return {"b_id": row_id, "status": status, "status_code": code,
+            "status_message": str(message.get("statusMessage", ""))[:500],
+            "provider_message_id": message.get("messageId"), "group_id": message.get("groupId"),
+            "reason": None if sent else code, "cost": price if sent else Decimal(0),
+            "sent_at": now if sent else None, "final_at": now if status in ("delivered", "failed") else None,
+            "updated_at": now}
+
+
+_SETTLE = sa.update(t.deliveries).where(t.deliveries.c.id == sa.bindparam("b_id")).values(
+    {name: sa.bindparam(name) for name in ("status", "status_code", "status_message", "provider_message_id", "group_id",
+                                           "reason", "cost", "sent_at", "final_at", "updated_at")})
+
+
+def _settle(conn: sa.Connection, outcomes: list[dict[str, Any]]) -> None:
+    """Write many outcomes in one executemany: one statement per batch, not one per message."""
+    if outcomes:
+        conn.execute(_SETTLE, outcomes)
 
 
 def reconcile_pending(ctx: RunContext, sender: Sender, summary: DeliverySummary) -> None:
@@ -120,17 +128,20 @@ def reconcile_pending(ctx: RunContext, sender: Sender, summary: DeliverySummary)
         claimed = [r["claimed_at"] for r in pending if r["claimed_at"] is not None]
         since = (min(claimed) - RECONCILE_MARGIN) if claimed else None
         found.update(sender.find_messages_by_custom_field(LEDGER_FIELD, unknown, since=since))
+    now = utcnow()
     with ctx.store.engine.begin() as conn:
+        settled = []
         for row in pending:
             message = found.get(str(row["id"]))
             if message is not None:
-                _settle(conn, row["id"], message, _price(ctx, row["message_type"]))
+                settled.append(_outcome_values(row["id"], message, _price(ctx, row["message_type"]), now))
                 summary.reconciled += 1
             else:
                 # SOLAPI has no message with this ledger id: it was never accepted, so sending is safe.
                 conn.execute(sa.update(d).where(d.c.id == row["id"], d.c.status == "pending")
-                             .values(status="ready", batch_id=None, updated_at=utcnow()))
+                             .values(status="ready", batch_id=None, updated_at=now))
                 summary.requeued += 1
+        _settle(conn, settled)
 
 
 # -- policy ------------------------------------------------------------------------------
@@ -240,20 +251,24 @@ def _record(ctx: RunContext, rows: list[dict[str, Any]], result: SendManyResult,
     """Write SOLAPI's answer into the ledger; returns the number of permanent failures."""
     outcomes = result.by_custom_field()
     failed = 0
+    now = utcnow()
+    settled = []
+    for row in rows:
+        outcome = outcomes.get(str(row["id"]))
+        if outcome is None:
+            continue  # in neither list: stays pending and is reconciled below
+        message = {"statusCode": outcome.status_code, "statusMessage": outcome.status_message,
+                   "messageId": outcome.message_id, "groupId": result.group_id}
+        values = _outcome_values(row["id"], message, _price(ctx, row["message_type"]), now)
+        settled.append(values)
+        if values["status"] == "failed":
+            failed += 1
+            summary.failed += 1
+            summary.failures[outcome.status_code] = summary.failures.get(outcome.status_code, 0) + 1
+        else:
+            summary.sent += 1
     with ctx.store.engine.begin() as conn:
-        for row in rows:
-            outcome = outcomes.get(str(row["id"]))
-            if outcome is None:
-                continue  # in neither list: stays pending and is reconciled below
-            message = {"statusCode": outcome.status_code, "statusMessage": outcome.status_message,
-                       "messageId": outcome.message_id, "groupId": result.group_id}
-            status = _settle(conn, row["id"], message, _price(ctx, row["message_type"]))
-            if status == "failed":
-                failed += 1
-                summary.failed += 1
-                summary.failures[outcome.status_code] = summary.failures.get(outcome.status_code, 0) + 1
-            else:
-                summary.sent += 1
+        _settle(conn, settled)
     return failed
 
 

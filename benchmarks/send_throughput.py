@@ -1,0 +1,201 @@
+"""Send throughput: N recipients in MariaDB -> full campaign run against the SOLAPI sandbox.
+
+    .venv/bin/python benchmarks/send_throughput.py [--recipients 1000000] [--baseline 10000]
+
+What runs, all on this machine:
+- MariaDB (127.0.0.1:3306) gets a fresh database with N customers (sample CRM schema);
+- the SOLAPI sandbox runs in its own process (`campaignflow sandbox serve`), so its CPU is not
+  counted against the pipeline but it does take the machine's second core;
+- the campaign (SQL audience + batched review-count lookup + SMS/LMS render + live send in
+  batches of 10,000) runs through Dagster in a child process whose peak RSS is reported;
+- the baseline does what the CRM design's code does (seed 002, section 5): per recipient, one
+  lookup query and one signed HTTP call to `POST /messages/v4/send`, over a keep-alive client.
+The ratio compares the same first `--baseline` recipients through both.
+Targets: 1,000,000 recipients end to end in <= 30 s with <= 400 MB peak RSS; >= 50x the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SANDBOX_KEY, SANDBOX_SECRET = "sandbox-key", "sandbox-secret"
+
+CAMPAIGN = """\
+apiVersion: campaignflow/v1
+kind: Campaign
+name: {name}
+status: active
+audience:
+  sql: |
+    SELECT c.id AS customer_id, c.phone, c.company_name, c.company_id
+    FROM customers c
+    WHERE c.id <= {limit}
+  key: customer_id
+  phone: phone
+  lookups:
+    reviews:
+      sql: SELECT company_id, COUNT(*) AS review_count FROM reviews WHERE company_id IN :keys GROUP BY company_id
+      on: company_id
+variables:
+  review_count: {{lookup: reviews.review_count, default: 0}}
+message:
+  channel: sms
+  text: "{{{{ company_name }}}}님, 현재 리뷰가 {{{{ review_count }}}}개 있습니다. 후기를 남겨주세요."
+trigger: {{manual: true}}
+delivery: {{mode: live, batchSize: 10000}}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"sandbox did not start on port {port}")
+
+
+def _child(project: str, campaign: str) -> None:
+    """Runs in a fresh process: the pipeline alone, so ru_maxrss is its own."""
+    import dagster as dg
+
+    from campaignflow.project import load_project
+    from campaignflow.runs import run_campaign
+
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with dg.DagsterInstance.ephemeral() as instance:
+        start = time.perf_counter()
+        outcome = run_campaign(load_project(project, use_cache=False), campaign, live=True, occurrence="bench",
+                               instance=instance)
+        elapsed = time.perf_counter() - start
+    print(json.dumps({"success": outcome.success, "error": outcome.error, "elapsed": elapsed,
+                      "sent": outcome.metadata.get("deliveries", {}).get("sent", 0),
+                      "selected": outcome.metadata.get("audience", {}).get("selected", 0),
+                      "rss_before_mb": rss_before / 1024,
+                      "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def _baseline(business_url: str, base_url: str, count: int) -> tuple[float, int]:
+    """The seed design's loop: one lookup query and one HTTP send per recipient."""
+    import httpx
+    import sqlalchemy as sa
+
+    from campaignflow.phones import normalize_phone
+    from campaignflow.resources.solapi import sign
+
+    engine = sa.create_engine(business_url)
+    sent = 0
+    start = time.perf_counter()
+    with engine.connect() as conn, httpx.Client(base_url=base_url, timeout=30) as client:
+        targets = conn.execute(sa.text("SELECT id, phone, company_name, company_id FROM customers WHERE id <= :n"),
+                               {"n": count}).mappings().all()
+        for target in targets:
+            reviews = conn.execute(sa.text("SELECT COUNT(*) FROM reviews WHERE company_id = :c"),
+                                   {"c": target["company_id"]}).scalar()
+            phone = normalize_phone(target["phone"])
+            if phone is None:
+                continue
+            text = ("{{company_name}}님, 현재 리뷰가 {{review_count}}개 있습니다. 후기를 남겨주세요."
+                    .replace("{{company_name}}", str(target["company_name"])).replace("{{review_count}}", str(reviews)))
+            response = client.post("/messages/v4/send", headers={"Authorization": sign(SANDBOX_KEY, SANDBOX_SECRET)},
+                                   json={"message": {"to": phone, "from": "0212345678", "text": text,
+                                                     "type": "SMS" if len(text.encode("cp949", "replace")) <= 90 else "LMS"}})
+            response.raise_for_status()
+            sent += 1
+    engine.dispose()
+    return time.perf_counter() - start, sent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipients", type=int, default=1_000_000)
+    parser.add_argument("--baseline", type=int, default=10_000)
+    parser.add_argument("--child", nargs=2, metavar=("PROJECT", "CAMPAIGN"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(*args.child)
+        return
+
+    import sqlalchemy as sa
+
+    from campaignflow.sandbox.crm_data import bulk_customers
+
+    db = f"cf_bench_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine("mysql+pymysql://root@127.0.0.1:3306/", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE `{db}` CHARACTER SET utf8mb4"))
+    business_url = f"mysql+pymysql://root@127.0.0.1:3306/{db}?charset=utf8mb4"
+    port = _free_port()
+    sandbox = subprocess.Popen([sys.executable, "-m", "campaignflow.cli", "sandbox", "serve", "--port", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tmp = Path(tempfile.mkdtemp(prefix="cf-bench-"))
+    try:
+        load_start = time.perf_counter()
+        counts = bulk_customers(business_url, args.recipients)
+        print(f"loaded {counts.get('customers', args.recipients):,} customers into MariaDB in "
+              f"{time.perf_counter() - load_start:.1f} s (not part of the figures below)")
+        _wait_for(port)
+        base_url = f"http://127.0.0.1:{port}"
+        (tmp / "configs" / "campaigns").mkdir(parents=True)
+        settings = (REPO / "configs" / "campaignflow.yaml").read_text(encoding="utf-8").replace(
+            "http://127.0.0.1:8701", base_url).replace("budgets:\n  messaging:\n    monthlyCost: 500000\n", "budgets:\n")
+        (tmp / "configs" / "campaignflow.yaml").write_text(settings, encoding="utf-8")
+        (tmp / "configs" / "campaigns" / "bench_all.yaml").write_text(
+            CAMPAIGN.format(name="bench_all", limit=args.recipients), encoding="utf-8")
+        (tmp / "configs" / "campaigns" / "bench_small.yaml").write_text(
+            CAMPAIGN.format(name="bench_small", limit=args.baseline), encoding="utf-8")
+        env = {**os.environ, "BUSINESS_DB_URL": business_url, "STATE_DB_URL": f"sqlite:///{tmp}/state.db",
+               "SOLAPI_API_KEY": SANDBOX_KEY, "SOLAPI_API_SECRET": SANDBOX_SECRET}
+        results = {}
+        for campaign in ("bench_small", "bench_all"):
+            done = subprocess.run([sys.executable, __file__, "--child", str(tmp), campaign], env=env,
+                                  capture_output=True, text=True)
+            line = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "{}"
+            results[campaign] = json.loads(line) if line.startswith("{") else {"success": False, "error": done.stderr[-2000:]}
+            if not results[campaign].get("success"):
+                raise SystemExit(f"{campaign} failed: {results[campaign].get('error')}")
+        os.environ.update(SOLAPI_API_KEY=SANDBOX_KEY, SOLAPI_API_SECRET=SANDBOX_SECRET)
+        base_time, base_sent = _baseline(business_url, base_url, args.baseline)
+    finally:
+        sandbox.terminate()
+        sandbox.wait(timeout=30)
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{db}`"))
+        admin.dispose()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    big, small = results["bench_all"], results["bench_small"]
+    rate = big["sent"] / big["elapsed"]
+    print(f"full run, {big['selected']:,} recipients selected, {big['sent']:,} sent: {big['elapsed']:.1f} s end to end "
+          f"= {rate:,.0f} messages/s; peak RSS {big['rss_peak_mb']:.0f} MB (of which {big['rss_before_mb']:.0f} MB "
+          "before the run: Python, Dagster and campaignflow loaded)")
+    small_rate = small["sent"] / small["elapsed"]
+    base_rate = base_sent / base_time
+    print(f"same {args.baseline:,} recipients: pipeline {small['elapsed']:.2f} s ({small_rate:,.0f} msg/s) vs "
+          f"per-recipient baseline {base_time:.2f} s ({base_rate:,.0f} msg/s): x{base_time / small['elapsed']:.1f}")
+    print(f"targets: 1,000,000 in <= 30 s: {'met' if args.recipients >= 1_000_000 and big['elapsed'] <= 30 else 'NOT met' if args.recipients >= 1_000_000 else 'n/a (run with --recipients 1000000)'}; "
+          f"<= 400 MB: {'met' if big['rss_peak_mb'] <= 400 else 'NOT met'}; "
+          f">= 50x baseline: {'met' if base_time / small['elapsed'] >= 50 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
