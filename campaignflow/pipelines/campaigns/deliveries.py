@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -308,7 +310,20 @@ def _total_ready(ctx: RunContext) -> int:
         return int(conn.execute(sa.select(sa.func.count()).where(_scope(ctx), d.c.status == "ready")).scalar_one())
 
 
-def deliver(ctx: RunContext, sender: Sender | None, *, live: bool, force_resend: bool = False) -> DeliverySummary:
+# Requests kept in flight at once: the next batch is claimed and encoded while SOLAPI works on
+# the previous one. Ledger writes stay on the calling thread; only HTTP runs in the pool.
+IN_FLIGHT = 2
+
+
+@dataclass
+class _Flight:
+    batch_id: str
+    rows: list[dict[str, Any]]
+    future: Future[SendManyResult]
+
+
+def deliver(ctx: RunContext, sender: Sender | None, *, live: bool, force_resend: bool = False,
+            in_flight: int = IN_FLIGHT) -> DeliverySummary:
     summary = DeliverySummary(mode="live" if live else "simulate")
     if not live:
         _simulate(ctx, summary)
@@ -323,41 +338,73 @@ def deliver(ctx: RunContext, sender: Sender | None, *, live: bool, force_resend:
         _force_resend(ctx, summary)
     _check_quiet_hours(ctx, utcnow())
     batch_size = ctx.campaign.batch_size or ctx.settings.solapi.batch_size
-    total = _total_ready(ctx)
-    done = 0
-    while True:
-        batch_id, rows = _claim(ctx, batch_size, summary)
-        if not rows:
-            if _total_ready(ctx) == 0:
-                break
-            continue  # the whole batch was blocked by policy; take the next one
-        summary.batches += 1
+    progress = _Progress(ctx, _total_ready(ctx))
+    flights: deque[_Flight] = deque()
+    exhausted = False
+    with ThreadPoolExecutor(max_workers=max(1, in_flight), thread_name_prefix="solapi") as pool:
         try:
-            result = sender.send_many([_solapi_message(ctx, r) for r in rows])
-        except OutcomeUnknown:
-            ctx.log.warning(f"batch {batch_id[:8]}: SOLAPI may have accepted {len(rows)} messages without answering; "
-                            "reconciling before going on")
-            reconcile_pending(ctx, sender, summary)
-            done += len(rows)
-            ctx.progress("deliveries", done, total)
-            continue
-        except SolapiRetryExhausted as exc:
-            _release(ctx, batch_id)
-            raise DeliveryStopped(f"SOLAPI kept failing ({exc}); {len(rows)} messages stay queued for the next run") from exc
-        except SolapiRequestError as exc:
-            _fail_batch(ctx, batch_id, exc, summary)
-            raise DeliveryStopped(f"SOLAPI refused the request: {exc.error_code} {exc.error_message}") from exc
-        failed = _record(ctx, rows, result, summary)
-        if result.unmatched_ledger_ids:
-            reconcile_pending(ctx, sender, summary)
-        done += len(rows)
-        ctx.progress("deliveries", done, total)
-        ctx.log.info(f"batch {summary.batches}: {len(rows) - failed} accepted, {failed} failed (group {result.group_id})")
-        if rows and failed / len(rows) > ctx.campaign.max_failure_rate:
-            raise DeliveryStopped(f"{failed} of {len(rows)} messages in one batch failed permanently (more than "
-                                  f"{ctx.campaign.max_failure_rate:.0%}); stopping so the cause can be looked at — "
-                                  f"the rest stay queued. Example failure: {_example_failure(ctx, batch_id)}")
+            while True:
+                while not exhausted and len(flights) < max(1, in_flight):
+                    batch_id, rows = _claim(ctx, batch_size, summary)
+                    if rows:
+                        summary.batches += 1
+                        messages = [_solapi_message(ctx, r) for r in rows]
+                        flights.append(_Flight(batch_id, rows, pool.submit(sender.send_many, messages)))
+                    elif _total_ready(ctx) == 0:
+                        exhausted = True  # (an empty claim with rows left means policy blocked a whole batch)
+                if not flights:
+                    break
+                if _land(ctx, flights.popleft(), summary, progress):
+                    # Some outcome is unknown. Reconciling while other batches are still in flight would
+                    # mistake them for "never sent", so land them all first.
+                    while flights:
+                        _land(ctx, flights.popleft(), summary, progress)
+                    reconcile_pending(ctx, sender, summary)
+        except DeliveryStopped:
+            while flights:  # what SOLAPI already accepted must reach the ledger before the run stops
+                try:
+                    _land(ctx, flights.popleft(), summary, progress)
+                except DeliveryStopped:
+                    pass
+            raise
     return summary
+
+
+@dataclass
+class _Progress:
+    ctx: RunContext
+    total: int
+    done: int = 0
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        self.ctx.progress("deliveries", self.done, self.total)
+
+
+def _land(ctx: RunContext, flight: _Flight, summary: DeliverySummary, progress: _Progress) -> bool:
+    """Record one batch's answer; returns True when its outcome (or part of it) is unknown."""
+    rows = flight.rows
+    try:
+        result = flight.future.result()
+    except OutcomeUnknown:
+        ctx.log.warning(f"batch {flight.batch_id[:8]}: SOLAPI may have accepted {len(rows)} messages without "
+                        "answering; reconciling before going on")
+        progress.advance(len(rows))
+        return True
+    except SolapiRetryExhausted as exc:
+        _release(ctx, flight.batch_id)
+        raise DeliveryStopped(f"SOLAPI kept failing ({exc}); {len(rows)} messages stay queued for the next run") from exc
+    except SolapiRequestError as exc:
+        _fail_batch(ctx, flight.batch_id, exc, summary)
+        raise DeliveryStopped(f"SOLAPI refused the request: {exc.error_code} {exc.error_message}") from exc
+    failed = _record(ctx, rows, result, summary)
+    progress.advance(len(rows))
+    ctx.log.info(f"batch {flight.batch_id[:8]}: {len(rows) - failed} accepted, {failed} failed (group {result.group_id})")
+    if failed / len(rows) > ctx.campaign.max_failure_rate:
+        raise DeliveryStopped(f"{failed} of {len(rows)} messages in one batch failed permanently (more than "
+                              f"{ctx.campaign.max_failure_rate:.0%}); stopping so the cause can be looked at — "
+                              f"the rest stay queued. Example failure: {_example_failure(ctx, flight.batch_id)}")
+    return bool(result.unmatched_ledger_ids)
 
 
 def _example_failure(ctx: RunContext, batch_id: str) -> str:
