@@ -38,6 +38,8 @@ from urllib.parse import quote
 
 import httpx
 
+from ..phones import mask_phone
+
 __all__ = [
     "DEFAULT_BASE_URL",
     "LEDGER_FIELD",
@@ -118,14 +120,6 @@ def sign(
 # Runs of 8+ digits (hyphens allowed inside) that are not part of a larger
 # token: message ids such as ``M4V20180307110044...`` must stay readable.
 _PHONE_LIKE = re.compile(r"(?<![0-9A-Za-z])\+?\d[\d-]{6,}\d(?![0-9A-Za-z])")
-
-
-def mask_phone(number: str | None) -> str:
-    """``01012345678`` → ``010****5678``: enough to tell recipients apart in a log."""
-    digits = re.sub(r"\D", "", number or "")
-    if len(digits) < 8:
-        return "*" * len(digits)
-    return f"{digits[:3]}{'*' * (len(digits) - 7)}{digits[-4:]}"
 
 
 def _redact(text: str, *secrets_: str) -> str:
