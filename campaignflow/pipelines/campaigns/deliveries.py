@@ -101,12 +101,33 @@ def _outcome_values(row_id: int, message: dict[str, Any], price: Decimal, now: d
 _SETTLE = sa.update(t.deliveries).where(t.deliveries.c.id == sa.bindparam("b_id")).values(
     {name: sa.bindparam(name) for name in ("status", "status_code", "status_message", "provider_message_id", "group_id",
                                            "reason", "cost", "sent_at", "final_at", "updated_at")})
+_SET_MESSAGE_ID = sa.update(t.deliveries).where(t.deliveries.c.id == sa.bindparam("b_id")).values(
+    provider_message_id=sa.bindparam("provider_message_id"))
+_SHARED = ("status", "status_code", "status_message", "group_id", "reason", "cost", "sent_at", "final_at", "updated_at")
 
 
 def _settle(conn: sa.Connection, outcomes: list[dict[str, Any]]) -> None:
-    """Write many outcomes in one executemany: one statement per batch, not one per message."""
-    if outcomes:
-        conn.execute(_SETTLE, outcomes)
+    """Write many outcomes with as few statements as possible.
+
+    Most of a batch shares everything but SOLAPI's message id (accepted, same group, same
+    price): those rows get one UPDATE for the shared values and a two-value executemany for
+    the ids; the rest (failures, mixed prices) one full executemany.
+    """
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for values in outcomes:
+        groups.setdefault(tuple(values[k] for k in _SHARED), []).append(values)
+    d = t.deliveries
+    rest: list[dict[str, Any]] = []
+    for shared, members in groups.items():
+        if len(members) < 50:
+            rest.extend(members)
+            continue
+        ids = [m["b_id"] for m in members]
+        for start in range(0, len(ids), 900):  # stay under SQLite's bound-parameter limit
+            conn.execute(sa.update(d).where(d.c.id.in_(ids[start:start + 900])).values(dict(zip(_SHARED, shared))))
+        conn.execute(_SET_MESSAGE_ID, [{"b_id": m["b_id"], "provider_message_id": m["provider_message_id"]} for m in members])
+    if rest:
+        conn.execute(_SETTLE, rest)
 
 
 def reconcile_pending(ctx: RunContext, sender: Sender, summary: DeliverySummary) -> None:
@@ -178,10 +199,15 @@ def _apply_frequency_cap(ctx: RunContext, conn: sa.Connection, rows: list[dict[s
 def _budget_left(ctx: RunContext, conn: sa.Connection) -> tuple[int | None, Decimal | None]:
     policy = ctx.campaign.policy
     d = t.deliveries
-    used_count, used_cost = conn.execute(sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(d.c.cost), 0))
-                                         .where(_scope(ctx), d.c.status.in_(COUNTED_AS_SENT))).one()
-    count_left = None if policy.max_messages is None else max(0, policy.max_messages - int(used_count))
-    cost_left = None if policy.max_cost is None else max(Decimal(0), Decimal(str(policy.max_cost)) - Decimal(str(used_cost)))
+    count_left: int | None = None
+    cost_left: Decimal | None = None
+    if policy.max_messages is not None or policy.max_cost is not None:  # the sums cost a scan: only when asked
+        used_count, used_cost = conn.execute(sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(d.c.cost), 0))
+                                             .where(_scope(ctx), d.c.status.in_(COUNTED_AS_SENT))).one()
+        if policy.max_messages is not None:
+            count_left = max(0, policy.max_messages - int(used_count))
+        if policy.max_cost is not None:
+            cost_left = max(Decimal(0), Decimal(str(policy.max_cost)) - Decimal(str(used_cost)))
     monthly = (ctx.settings.budgets.get("messaging") or {}).get("monthlyCost")
     if monthly is not None:
         month_start = utcnow().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
