@@ -119,9 +119,12 @@ def run(campaign: str, live: bool, occurrence: str | None, payload: str | None, 
 
     project = _load(project_dir)
     _campaign_or_usage_error(project, campaign)
-    with progress_bar() as progress:
-        outcome = run_campaign(project, campaign, live=live, occurrence=occurrence, payload=_payload(payload),
-                               force_resend=force_resend, progress=progress)
+    try:
+        with progress_bar() as progress:
+            outcome = run_campaign(project, campaign, live=live, occurrence=occurrence, payload=_payload(payload),
+                                   force_resend=force_resend, progress=progress)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--occurrence") from None
     print_outcome(outcome)
     sys.exit(EXIT_OK if outcome.success else EXIT_INVALID)
 

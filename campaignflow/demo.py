@@ -16,6 +16,7 @@ from rich.table import Table
 
 from .console import console, progress_bar
 from .overview import print_overview
+from .pipelines.compile import group_of
 from .project import Project
 from .resources.configurable import anchored
 from .runs import RunOutcome, ensure_dagster_home, run_campaign
@@ -60,8 +61,10 @@ def run_demo(project: Project, *, customers: int = 1000) -> int:
                 console.print(f"skipping {campaign.name}: it is {campaign.status}")
                 continue
             payload = SAMPLE_LEAD if campaign.trigger.kind == "webhook" else None
+            # Recurring campaigns run today's occurrence (their partition); others get one of their own.
+            occurrence = None if group_of(campaign).partitioning else f"demo-{stamp}"
             with progress_bar() as progress:
-                outcome = run_campaign(demo_project, campaign.name, live=True, occurrence=f"demo-{stamp}",
+                outcome = run_campaign(demo_project, campaign.name, live=True, occurrence=occurrence,
                                        payload=payload, progress=progress)
             outcomes.append(outcome)
             if not outcome.success:
@@ -85,3 +88,7 @@ def _summary(outcomes: list[RunOutcome], received: int) -> None:
     if any(o.metadata.get("deliveries", {}).get("blocked") for o in outcomes):
         console.print("blocked recipients were messaged by an earlier demo within the campaign's frequency cap "
                       "(see the ledger's reasons); delete .campaignflow/ to start from scratch")
+    if any(o.metadata.get("deliveries", {}).get("sent") == 0 and not o.metadata.get("deliveries", {}).get("blocked")
+           for o in outcomes):
+        console.print("a campaign sent nothing new: today's occurrence was already delivered by an earlier demo — "
+                      "the ledger sends each message once per occurrence")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,7 +17,7 @@ import dagster as dg
 
 from .pipelines.campaigns import STAGES
 from .pipelines.campaigns.runner import set_progress_listener
-from .pipelines.compile import CAMPAIGN_JOB, CAMPAIGN_TAG, OCCURRENCE_TAG, TRIGGER_TAG, build_definitions, stage_key
+from .pipelines.compile import CAMPAIGN_TAG, OCCURRENCE_TAG, RUN_TAGS, TRIGGER_TAG, build_definitions, group_of, stage_key
 from .project import Project
 
 
@@ -43,24 +44,35 @@ def run_campaign(project: Project, name: str, *, live: bool = False, occurrence:
                  instance: dg.DagsterInstance | None = None, console_log_level: str = "WARNING") -> RunOutcome:
     campaign = project.campaign(name)
     defs = build_definitions(Project(project.root, project.settings, {name: campaign}, validation=project.validation))
-    job = defs.resolve_job_def(CAMPAIGN_JOB)
+    group = group_of(campaign)
+    job = defs.resolve_job_def(group.job_name)
     if instance is None:
         ensure_dagster_home(project)
         instance = dg.DagsterInstance.get()
     trigger = "webhook" if payload is not None else "manual"
     config: dict[str, Any] = {"live": live, "force_resend": force_resend, "trigger": trigger}
-    if occurrence:
+    partition_key = None
+    if group.partitioning is not None:
+        # A recurring campaign's occurrence is its partition (the day): today's unless named.
+        partition_key = occurrence or group.partitioning.key_for(datetime.now(timezone.utc))
+        try:
+            group.partitioning.start_of(partition_key)
+        except ValueError:
+            raise ValueError(f"{name} is recurring: its occurrence is a day like "
+                             f"{group.partitioning.key_for(datetime.now(timezone.utc))}, not {partition_key!r}") from None
+        occurrence = partition_key
+    elif occurrence:
         config["occurrence"] = occurrence
     if payload is not None:
         config["payload"] = json.dumps(payload, ensure_ascii=False)
-    tags = {CAMPAIGN_TAG: name, TRIGGER_TAG: trigger, **({OCCURRENCE_TAG: occurrence} if occurrence else {})}
+    tags = {CAMPAIGN_TAG: name, TRIGGER_TAG: trigger, **RUN_TAGS, **({OCCURRENCE_TAG: occurrence} if occurrence else {})}
     set_progress_listener(progress)
     try:
         result = job.execute_in_process(
             # The terminal shows a progress bar and a summary; the full log is in the run's event log (UI).
-            run_config={"ops": {"campaigns": {"config": config}},
+            run_config={**group.run_config(config),
                         "loggers": {"console": {"config": {"log_level": console_log_level}}}},
-            instance=instance,
+            instance=instance, partition_key=partition_key,
             asset_selection=[stage_key(name, stage) for stage in STAGES], tags=tags, raise_on_error=False)
     finally:
         set_progress_listener(None)

@@ -6,7 +6,9 @@ Dagster schedules and partitions.
 
 from __future__ import annotations
 
+import hashlib
 import re
+from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from functools import cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -201,3 +203,74 @@ def fires_at(schedule: dict[str, object], moment: datetime) -> bool:
         monday = origin - timedelta(days=origin.weekday())
         return ((local.date() - monday).days // 7) % interval == 0
     return ((local.year - origin.year) * 12 + local.month - origin.month) % interval == 0
+
+
+# Occurrence partitions start here (earlier days are simply never materialized).
+PARTITIONS_START = "2025-01-01"
+
+
+@dataclass(frozen=True)
+class Partitioning:
+    """How a recurring schedule's occurrences are partitioned in Dagster.
+
+    Schedules that fire at most once a day use daily partitions in their time zone (one
+    definition shared by every such campaign in that zone, so they compile into one asset
+    group); a cron that fires several times a day gets partitions of its own cron.
+    """
+
+    kind: str  # "daily" | "cron"
+    timezone: str
+    cron: str | None = None
+
+    def key_for(self, moment: datetime) -> str:
+        local = moment.astimezone(zone(self.timezone))
+        return local.strftime("%Y-%m-%d") if self.kind == "daily" else local.strftime("%Y-%m-%dT%H:%M")
+
+    def start_of(self, key: str) -> datetime:
+        fmt = "%Y-%m-%d" if self.kind == "daily" else "%Y-%m-%dT%H:%M"
+        return datetime.strptime(key, fmt).replace(tzinfo=zone(self.timezone))
+
+    @property
+    def slug(self) -> str:
+        tz = re.sub(r"[^a-z0-9]+", "_", self.timezone.lower()).strip("_")
+        if self.kind == "daily":
+            return f"daily_{tz}"
+        return f"cron_{tz}_{hashlib.sha1((self.cron or '').encode()).hexdigest()[:8]}"
+
+
+def partitioning(schedule: dict[str, object] | None) -> Partitioning | None:
+    """Recurring and cron schedules are partitioned by occurrence; `at` and `immediate` are not."""
+    if not schedule or not ("recurring" in schedule or "cron" in schedule):
+        return None
+    tz = str(schedule.get("timezone", DEFAULT_TIMEZONE))
+    cron = schedule_cron(schedule)
+    if "cron" in schedule and cron is not None:
+        minutes, hours = cron_hours_and_minutes(cron)
+        if len(minutes) * len(hours) > 1:
+            return Partitioning("cron", tz, cron)
+    return Partitioning("daily", tz)
+
+
+def fires_on(schedule: dict[str, object], moment: datetime) -> bool:
+    """Whether the occurrence starting at `moment` (a partition's start) is one the schedule fires in.
+
+    For daily partitions the day counts; the time of day is the schedule's own.
+    """
+    tz = zone(str(schedule.get("timezone", DEFAULT_TIMEZONE)))
+    local = moment.astimezone(tz)
+    rule = schedule.get("recurring")
+    if isinstance(rule, dict):
+        at = parse_clock(str(rule["time"]))
+        local = local.replace(hour=at.hour, minute=at.minute)
+        if rule["frequency"] == "weekly":
+            days = [str(d) for d in (rule.get("daysOfWeek") or ["mon"])]  # type: ignore[union-attr]
+            if WEEKDAYS[local.weekday()] not in days:
+                return False
+        return fires_at(schedule, local)
+    cron = schedule.get("cron")
+    if isinstance(cron, str):
+        day_start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        nxt = croniter(cron, day_start - timedelta(seconds=1)).get_next(datetime)
+        same_period = nxt.date() == local.date() if local == day_start else nxt <= local + timedelta(minutes=1)
+        return same_period and fires_at(schedule, nxt)
+    return fires_at(schedule, local)

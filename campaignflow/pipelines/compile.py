@@ -10,6 +10,7 @@ as a `campaignflow/config_errors` asset whose description lists every error.
 
 
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterator
 
@@ -19,7 +20,7 @@ from ..config.findings import Finding
 from ..config.models import Campaign
 from ..project import Project
 from ..resources.configurable import BusinessDatabaseResource, SolapiResource, StateStoreResource, resources_for
-from ..scheduling import describe_schedule, fires_at, schedule_cron
+from ..scheduling import PARTITIONS_START, Partitioning, describe_schedule, fires_at, partitioning, schedule_cron
 from .campaigns import STAGES
 from .campaigns.runner import CampaignRunConfig, run_campaign
 
@@ -27,6 +28,9 @@ CAMPAIGN_JOB = "campaign_run"
 CAMPAIGN_TAG = "campaignflow/campaign"
 OCCURRENCE_TAG = "campaignflow/occurrence"
 TRIGGER_TAG = "campaignflow/trigger"
+# Every campaign run carries its provider, so the run queue can cap SOLAPI runs across campaigns.
+PROVIDER_TAG = "campaignflow/provider"
+RUN_TAGS = {PROVIDER_TAG: "solapi"}
 
 _STAGE_DESCRIPTIONS = {
     "audience": "Recipients selected by the campaign's SQL (every row kept with its status).",
@@ -69,21 +73,54 @@ def campaign_specs(campaign: Campaign) -> list[dg.AssetSpec]:
     return specs
 
 
-def _campaigns_asset(project: Project) -> dg.AssetsDefinition:
-    specs = [spec for campaign in project.campaigns.values() for spec in campaign_specs(campaign)]
+@dataclass(frozen=True)
+class CampaignGroup:
+    """Campaigns that compile into one multi-asset and one job: they share a partitioning."""
 
-    @dg.multi_asset(specs=specs, name="campaigns", can_subset=True, required_resource_keys={"state", "business", "solapi"})
-    def campaigns(context: dg.AssetExecutionContext, config: CampaignRunConfig) -> Iterator[dg.MaterializeResult]:
+    partitioning: Partitioning | None
+
+    @property
+    def op_name(self) -> str:
+        return "campaigns" if self.partitioning is None else f"campaigns_{self.partitioning.slug}"
+
+    @property
+    def job_name(self) -> str:
+        return CAMPAIGN_JOB if self.partitioning is None else f"{CAMPAIGN_JOB}_{self.partitioning.slug}"
+
+    def partitions_def(self) -> dg.PartitionsDefinition | None:
+        p = self.partitioning
+        if p is None:
+            return None
+        if p.kind == "daily":
+            # end_offset=1: today's occurrence exists before the day is over (ticks fire during it)
+            return dg.DailyPartitionsDefinition(start_date=PARTITIONS_START, timezone=p.timezone, end_offset=1)
+        return dg.TimeWindowPartitionsDefinition(cron_schedule=p.cron or "", start=PARTITIONS_START, timezone=p.timezone,
+                                                 fmt="%Y-%m-%dT%H:%M", end_offset=1)
+
+    def run_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        return {"ops": {self.op_name: {"config": config}}}
+
+
+def group_of(campaign: Campaign) -> CampaignGroup:
+    return CampaignGroup(partitioning(campaign.trigger.schedule) if campaign.trigger.kind == "schedule" else None)
+
+
+def _campaigns_asset(project: Project, group: CampaignGroup, campaigns: list[Campaign]) -> dg.AssetsDefinition:
+    specs = [spec for campaign in campaigns for spec in campaign_specs(campaign)]
+
+    @dg.multi_asset(specs=specs, name=group.op_name, can_subset=True, partitions_def=group.partitions_def(),
+                    required_resource_keys={"state", "business", "solapi"})
+    def campaigns_op(context: dg.AssetExecutionContext, config: CampaignRunConfig) -> Iterator[dg.MaterializeResult]:
         selected: dict[str, set[str]] = defaultdict(set)
         for key in context.selected_asset_keys:
             selected[key.path[0]].add(key.path[-1])
         for name in sorted(selected):
-            yield from run_campaign(context, project, project.campaign(name), selected[name], config)
+            yield from run_campaign(context, project, project.campaign(name), selected[name], config, group.partitioning)
 
-    return campaigns
+    return campaigns_op
 
 
-def _schedule(campaign: Campaign, job: Any) -> dg.ScheduleDefinition | None:
+def _schedule(campaign: Campaign, group: CampaignGroup, job: Any) -> dg.ScheduleDefinition | None:
     schedule = campaign.trigger.schedule
     if campaign.trigger.kind != "schedule" or schedule is None:
         return None
@@ -97,13 +134,17 @@ def _schedule(campaign: Campaign, job: Any) -> dg.ScheduleDefinition | None:
         tick: datetime = context.scheduled_execution_time
         if not fires_at(schedule, tick):
             return dg.SkipReason(f"{tick.isoformat()} is not a firing of {describe_schedule(schedule)}")
-        occurrence = tick.astimezone(tick.tzinfo).isoformat(timespec="minutes")
+        partition = group.partitioning.key_for(tick) if group.partitioning else None
+        occurrence = partition or tick.isoformat(timespec="minutes")
+        config: dict[str, Any] = {"trigger": "schedule", "scheduled_at": tick.isoformat()}
+        if partition is None:
+            config["occurrence"] = occurrence
         return dg.RunRequest(
             run_key=f"{campaign.name}:{occurrence}",
             asset_selection=keys,
-            run_config={"ops": {"campaigns": {"config": {"occurrence": occurrence, "trigger": "schedule",
-                                                         "scheduled_at": tick.isoformat()}}}},
-            tags={CAMPAIGN_TAG: campaign.name, OCCURRENCE_TAG: occurrence, TRIGGER_TAG: "schedule"},
+            partition_key=partition,
+            run_config=group.run_config(config),
+            tags={CAMPAIGN_TAG: campaign.name, OCCURRENCE_TAG: occurrence, TRIGGER_TAG: "schedule", **RUN_TAGS},
         )
 
     return dg.ScheduleDefinition(
@@ -146,14 +187,18 @@ def build_definitions(project: Project) -> dg.Definitions:
     assets: list[Any] = []
     jobs: list[Any] = []
     schedules: list[dg.ScheduleDefinition] = []
-    if project.campaigns:
-        assets.append(_campaigns_asset(project))
-        job = dg.define_asset_job(CAMPAIGN_JOB, selection=dg.AssetSelection.assets(
-            *[stage_key(name, stage) for name in project.campaigns for stage in STAGES]),
-            description="Runs the selected campaigns' stages; schedules and sensors select one campaign per run.",
-            tags={"campaignflow/kind": "campaign"})
+    groups: dict[CampaignGroup, list[Campaign]] = defaultdict(list)
+    for campaign in project.campaigns.values():
+        groups[group_of(campaign)].append(campaign)
+    for group, members in sorted(groups.items(), key=lambda kv: kv[0].op_name):
+        assets.append(_campaigns_asset(project, group, members))
+        job = dg.define_asset_job(group.job_name, selection=dg.AssetSelection.assets(
+            *[stage_key(c.name, stage) for c in members for stage in STAGES]),
+            description="Runs the selected campaigns' stages; schedules and sensors select one campaign per run."
+            + ("" if group.partitioning is None else " Partitioned by occurrence: a backfill re-runs exactly those."),
+            tags={"campaignflow/kind": "campaign", **RUN_TAGS})
         jobs.append(job)
-        schedules += [s for c in project.campaigns.values() if (s := _schedule(c, job)) is not None]
+        schedules += [s for c in members if (s := _schedule(c, group, job)) is not None]
     errors_spec = _config_errors_spec(project)
     if errors_spec is not None:
         assets.append(errors_spec)

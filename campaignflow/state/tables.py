@@ -127,3 +127,41 @@ deliveries = Table(
     Index(None, "provider_message_id"),
     Index(None, "batch_id"),
 )
+
+# -- webhooks ---------------------------------------------------------------------------------
+
+# The webhook inbox. The receiver writes one row per accepted event (and answers 202 only after
+# the commit); the sensor turns `received` rows whose `due_at` has come into runs (run_key = the
+# event id) and marks them. event_id is the dedupe key: `<source>:<X-Event-Id>` when the source
+# sends an id, else `<source>:sha256:<hash of event type + canonical JSON body>` (see
+# campaignflow.webhooks.app.event_id_for), so a retried delivery is stored once.
+webhook_events = Table(
+    "webhook_events", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("event_id", String(128), nullable=False),
+    Column("event_type", String(63), nullable=False),
+    Column("source", String(63), nullable=False),
+    Column("payload", Text, nullable=False),                 # JSON of the event body
+    Column("received_at", UtcDateTime(), nullable=False),
+    Column("due_at", UtcDateTime(), nullable=False),         # received_at + the largest delay of the listeners
+    Column("status", String(16), nullable=False),            # received -> dispatched | skipped | failed
+    Column("status_reason", String(255)),
+    Column("run_key", String(200)),
+    Column("dispatched_at", UtcDateTime()),
+    UniqueConstraint("event_id"),
+    Index(None, "event_type", "status", "due_at", "id"),
+    Index(None, "status", "due_at"),
+)
+
+# SOLAPI delivery reports as received (deduplicated on SOLAPI's eventDataId); each new one also
+# settles its ledger row in `deliveries`, in the same transaction.
+delivery_reports = Table(
+    "delivery_reports", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("event_data_id", String(128), nullable=False),
+    Column("message_id", String(64), nullable=False),
+    Column("received_at", UtcDateTime(), nullable=False),
+    Column("payload", Text, nullable=False),                 # JSON of the report as SOLAPI sent it
+    UniqueConstraint("event_data_id"),
+    Index(None, "message_id"),
+)

@@ -34,11 +34,11 @@ def test_preview_sends_nothing_and_masks_phones(world: CampaignWorld) -> None:
 
 
 def test_run_live_shows_the_report_and_records_the_run(world: CampaignWorld) -> None:
-    result = _cli(world, "run", "review_request", "--live", "--occurrence", "cli-1")
+    result = _cli(world, "run", "review_request", "--live", "--occurrence", "2026-11-20")
     assert result.exit_code == 0, result.output
-    assert "succeeded" in result.output and "occurrence `cli-1`" in result.output
+    assert "succeeded" in result.output and "occurrence `2026-11-20`" in result.output
     assert len(world.sandbox.solapi.accepted) > 0
-    again = _cli(world, "run", "review_request", "--live", "--occurrence", "cli-1")
+    again = _cli(world, "run", "review_request", "--live", "--occurrence", "2026-11-20")
     assert again.exit_code == 0
     assert len(world.sandbox.solapi.accepted) == len({m["customFields"]["ledgerId"] for m in world.sandbox.solapi.accepted})
 

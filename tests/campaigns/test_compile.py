@@ -72,20 +72,21 @@ def test_schedule_requests_one_run_of_its_campaign_per_occurrence() -> None:
     repo = build_definitions(load_project(REPO)).get_repository_def()
     schedule = next(s for s in repo.schedule_defs if s.name == "review_request_schedule")
     tick = datetime(2026, 11, 23, 9, 0, tzinfo=ZoneInfo("Asia/Seoul"))
-    with dg.build_schedule_context(scheduled_execution_time=tick) as context:
+    with dg.build_schedule_context(scheduled_execution_time=tick, repository_def=repo) as context:
         data = schedule.evaluate_tick(context)
     (request,) = data.run_requests or []
-    assert request.run_key == "review_request:2026-11-23T09:00+09:00"
+    assert request.run_key == "review_request:2026-11-23" and request.partition_key == "2026-11-23"
     assert sorted("/".join(k.path) for k in request.asset_selection or []) == [
         "review_request/audience", "review_request/deliveries", "review_request/delivery_report", "review_request/messages"]
-    assert request.run_config["ops"]["campaigns"]["config"]["occurrence"] == "2026-11-23T09:00+09:00"
+    assert request.run_config["ops"]["campaigns_daily_asia_seoul"]["config"]["trigger"] == "schedule"
 
 
 def test_monthly_schedule_on_a_day_outside_the_rule_is_skipped() -> None:
     repo = build_definitions(load_project(REPO)).get_repository_def()
     schedule = next(s for s in repo.schedule_defs if s.name == "winback_promo_schedule")
     assert schedule.cron_schedule == "0 10 1 * *"
-    with dg.build_schedule_context(scheduled_execution_time=datetime(2026, 12, 1, 10, tzinfo=ZoneInfo("Asia/Seoul"))) as ctx:
+    with dg.build_schedule_context(scheduled_execution_time=datetime(2026, 12, 1, 10, tzinfo=ZoneInfo("Asia/Seoul")),
+                                   repository_def=repo) as ctx:
         assert schedule.evaluate_tick(ctx).run_requests
 
 

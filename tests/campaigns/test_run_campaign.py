@@ -33,9 +33,9 @@ def _assert_each_usable_recipient_got_exactly_one(world: CampaignWorld, campaign
 
 
 def test_review_request_reaches_every_usable_recipient_once(world: CampaignWorld) -> None:
-    outcome = world.run("review_request", live=True, occurrence="2026-11-23T09:00+09:00")
+    outcome = world.run("review_request", live=True, occurrence="2026-11-23")
     assert outcome.success, outcome.error
-    _assert_each_usable_recipient_got_exactly_one(world, "review_request", "2026-11-23T09:00+09:00")
+    _assert_each_usable_recipient_got_exactly_one(world, "review_request", "2026-11-23")
     message = world.sandbox.solapi.accepted[0]
     assert message["type"] == "ATA" and message["kakaoOptions"]["templateId"] == "TK_REVIEW_REQUEST"
     assert set(message["kakaoOptions"]["variables"]) == {"#{회사명}", "#{리뷰수}"}
@@ -46,8 +46,8 @@ def test_review_request_reaches_every_usable_recipient_once(world: CampaignWorld
 
 
 def test_every_selected_row_is_accounted_for(world: CampaignWorld) -> None:
-    outcome = world.run("review_request", live=True, occurrence="acct")
-    audience = world.audience("review_request", "acct")
+    outcome = world.run("review_request", live=True, occurrence="2026-11-02")
+    audience = world.audience("review_request", "2026-11-02")
     statuses = Counter(m["status"] for m in audience)
     assert outcome.metadata["audience"]["selected"] == len(audience) == sum(statuses.values())
     # The sample data carries invalid and duplicate numbers on purpose: they are recorded, not dropped.
@@ -59,13 +59,13 @@ def test_every_selected_row_is_accounted_for(world: CampaignWorld) -> None:
 
 
 def test_a_rerun_of_the_same_occurrence_sends_nothing_new(world: CampaignWorld) -> None:
-    first = world.run("review_request", live=True, occurrence="once")
+    first = world.run("review_request", live=True, occurrence="2026-11-09")
     sent = len(world.sandbox.solapi.accepted)
-    second = world.run("review_request", live=True, occurrence="once")
+    second = world.run("review_request", live=True, occurrence="2026-11-09")
     assert first.success and second.success
     assert len(world.sandbox.solapi.accepted) == sent
     assert second.metadata["deliveries"]["sent"] == 0
-    _assert_each_usable_recipient_got_exactly_one(world, "review_request", "once")
+    _assert_each_usable_recipient_got_exactly_one(world, "review_request", "2026-11-09")
 
 
 def test_crash_between_ledger_write_and_send_ends_exactly_once(world: CampaignWorld, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,16 +81,16 @@ def test_crash_between_ledger_write_and_send_ends_exactly_once(world: CampaignWo
     monkeypatch.setattr(solapi_module.SolapiClient, "send_many", crash_on_second_batch)
     world.project()  # settings unchanged; small batches make several of them
     _set_batch_size(world, 100)
-    crashed = world.run("review_request", live=True, occurrence="crash")
+    crashed = world.run("review_request", live=True, occurrence="2026-11-03")
     assert not crashed.success
-    ledger = world.ledger("review_request", "crash")
+    ledger = world.ledger("review_request", "2026-11-03")
     pending = [r for r in ledger if r["status"] == "pending"]
     assert 0 < len(pending) < 100 and len(ledger) - len(pending) == 100  # batch 1 sent, batch 2 claimed, then the crash
     monkeypatch.setattr(solapi_module.SolapiClient, "send_many", real)
-    resumed = world.run("review_request", live=True, occurrence="crash")
+    resumed = world.run("review_request", live=True, occurrence="2026-11-03")
     assert resumed.success, resumed.error
     assert resumed.metadata["deliveries"]["requeued"] == len(pending)
-    _assert_each_usable_recipient_got_exactly_one(world, "review_request", "crash")
+    _assert_each_usable_recipient_got_exactly_one(world, "review_request", "2026-11-03")
 
 
 def test_crash_after_solapi_accepted_but_before_the_ledger_update_does_not_resend(
@@ -106,54 +106,54 @@ def test_crash_after_solapi_accepted_but_before_the_ledger_update_does_not_resen
 
     monkeypatch.setattr(deliveries_module, "_record", die_after_send)
     _set_batch_size(world, 100)
-    assert not world.run("review_request", live=True, occurrence="late").success
+    assert not world.run("review_request", live=True, occurrence="2026-11-08").success
     accepted_before = len(world.sandbox.solapi.accepted)
     assert accepted_before >= 100  # the first batch, and the next one if it was already in flight
-    assert all(r["status"] == "pending" for r in world.ledger("review_request", "late") if r["status"] != "ready")
-    resumed = world.run("review_request", live=True, occurrence="late")
+    assert all(r["status"] == "pending" for r in world.ledger("review_request", "2026-11-08") if r["status"] != "ready")
+    resumed = world.run("review_request", live=True, occurrence="2026-11-08")
     assert resumed.success, resumed.error
     assert resumed.metadata["deliveries"]["reconciled"] == accepted_before
-    _assert_each_usable_recipient_got_exactly_one(world, "review_request", "late")
+    _assert_each_usable_recipient_got_exactly_one(world, "review_request", "2026-11-08")
 
 
 def test_connection_dropped_after_solapi_accepted(world: CampaignWorld) -> None:
     _set_batch_size(world, 100)
     world.sandbox.solapi.inject("drop_after_accept", times=1)
-    outcome = world.run("review_request", live=True, occurrence="dropped")
+    outcome = world.run("review_request", live=True, occurrence="2026-11-06")
     assert outcome.success, outcome.error
     assert outcome.metadata["deliveries"]["reconciled"] == 100
-    _assert_each_usable_recipient_got_exactly_one(world, "review_request", "dropped")
+    _assert_each_usable_recipient_got_exactly_one(world, "review_request", "2026-11-06")
 
 
 def test_server_errors_are_retried_with_a_fresh_signature(world: CampaignWorld) -> None:
     world.sandbox.solapi.inject("http_503", times=2)
-    outcome = world.run("review_request", live=True, occurrence="flaky")
+    outcome = world.run("review_request", live=True, occurrence="2026-11-07")
     assert outcome.success, outcome.error
-    _assert_each_usable_recipient_got_exactly_one(world, "review_request", "flaky")
+    _assert_each_usable_recipient_got_exactly_one(world, "review_request", "2026-11-07")
     signatures = [r.signature for r in world.sandbox.solapi.requests if r.method == "POST"]
     assert len(signatures) == len(set(signatures)) >= 3
 
 
 def test_permanent_failures_are_recorded_and_not_retried(world: CampaignWorld) -> None:
-    world.run("review_request", occurrence="probe")  # simulate: learn the audience without sending
-    phones = sorted({r["phone"] for r in world.ledger("review_request", "probe")})[:5]
+    world.run("review_request", occurrence="2026-11-11")  # simulate: learn the audience without sending
+    phones = sorted({r["phone"] for r in world.ledger("review_request", "2026-11-11")})[:5]
     world.sandbox.solapi.opted_out.update(phones)
-    outcome = world.run("review_request", live=True, occurrence="optout")
+    outcome = world.run("review_request", live=True, occurrence="2026-11-10")
     assert outcome.success, outcome.error
-    failed = [r for r in world.ledger("review_request", "optout") if r["status"] == "failed"]
+    failed = [r for r in world.ledger("review_request", "2026-11-10") if r["status"] == "failed"]
     assert sorted(r["phone"] for r in failed) == phones
     assert {r["status_code"] for r in failed} == {"1061"} and all(r["reason"] == "1061" for r in failed)
     before = len(world.sandbox.solapi.requests)
-    again = world.run("review_request", live=True, occurrence="optout")
+    again = world.run("review_request", live=True, occurrence="2026-11-10")
     assert again.success and again.metadata["deliveries"]["sent"] == 0
     assert not [r for r in world.sandbox.solapi.requests[before:] if r.method == "POST"]
 
 
 def test_simulate_mode_calls_nothing(world: CampaignWorld) -> None:
-    outcome = world.run("review_request", occurrence="sim")
+    outcome = world.run("review_request", occurrence="2026-11-13")
     assert outcome.success
     assert world.sandbox.solapi.requests == []
-    ledger = world.ledger("review_request", "sim")
+    ledger = world.ledger("review_request", "2026-11-13")
     assert ledger and {r["status"] for r in ledger} == {"simulated"}
     assert outcome.metadata["deliveries"]["simulated"] == len(ledger)
 
@@ -175,12 +175,12 @@ def test_webhook_campaign_takes_its_recipient_from_the_payload(world: CampaignWo
 
 
 def test_frequency_cap_blocks_a_second_occurrence(world: CampaignWorld) -> None:
-    world.run("review_request", live=True, occurrence="day1")
+    world.run("review_request", live=True, occurrence="2026-11-04")
     sent = len(world.sandbox.solapi.accepted)
-    second = world.run("review_request", live=True, occurrence="day2")
+    second = world.run("review_request", live=True, occurrence="2026-11-05")
     assert second.success
     assert len(world.sandbox.solapi.accepted) == sent
-    assert {r["reason"] for r in world.ledger("review_request", "day2")} == {"frequency_cap"}
+    assert {r["reason"] for r in world.ledger("review_request", "2026-11-05")} == {"frequency_cap"}
 
 
 def _set_batch_size(world: CampaignWorld, size: int) -> None:
@@ -196,8 +196,8 @@ def test_on_mariadb_and_postgresql(tmp_path, monkeypatch, mariadb_url, postgres_
     for world in make_world(tmp_path, monkeypatch, postgres_url(), mariadb_url()):
         _set_batch_size(world, 100)
         world.sandbox.solapi.inject("drop_after_accept", times=1)
-        outcome = world.run("review_request", live=True, occurrence="servers")
+        outcome = world.run("review_request", live=True, occurrence="2026-11-12")
         assert outcome.success, outcome.error
-        _assert_each_usable_recipient_got_exactly_one(world, "review_request", "servers")
-        again = world.run("review_request", live=True, occurrence="servers")
+        _assert_each_usable_recipient_got_exactly_one(world, "review_request", "2026-11-12")
+        again = world.run("review_request", live=True, occurrence="2026-11-12")
         assert again.success and again.metadata["deliveries"]["sent"] == 0

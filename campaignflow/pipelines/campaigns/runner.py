@@ -15,6 +15,7 @@ from pydantic import Field
 
 from ...config.models import Campaign
 from ...project import Project
+from ...scheduling import Partitioning, fires_on
 from .audience import select_audience
 from .context import Occurrence, RunContext, latest_occurrence
 from .deliveries import DeliveryStopped, deliver
@@ -44,9 +45,15 @@ class CampaignRunConfig(dg.Config):
 
 
 def _occurrence(context: dg.AssetExecutionContext, project: Project, campaign: Campaign, stages: set[str],
-                config: CampaignRunConfig) -> Occurrence:
+                config: CampaignRunConfig, partitioning: Partitioning | None) -> Occurrence:
     payload = json.loads(config.payload) if config.payload else {}
     scheduled = datetime.fromisoformat(config.scheduled_at) if config.scheduled_at else None
+    if partitioning is not None:
+        # A partition is an occurrence: schedules, backfills and manual runs of a day share it.
+        key = context.partition_key
+        trigger = config.trigger if config.trigger != "manual" else (
+            "backfill" if context.run.tags.get("dagster/backfill") else "manual")
+        return Occurrence(key, trigger, scheduled or partitioning.start_of(key), payload)  # type: ignore[arg-type]
     if config.occurrence:
         return Occurrence(config.occurrence, config.trigger, scheduled, payload)  # type: ignore[arg-type]
     if "audience" not in stages:
@@ -62,11 +69,16 @@ def _occurrence(context: dg.AssetExecutionContext, project: Project, campaign: C
 
 
 def run_campaign(context: dg.AssetExecutionContext, project: Project, campaign: Campaign, stages: set[str],
-                 config: CampaignRunConfig) -> Iterator[dg.MaterializeResult]:
+                 config: CampaignRunConfig, partitioning: Partitioning | None = None) -> Iterator[dg.MaterializeResult]:
     if campaign.status in ("paused", "archived"):
         raise dg.Failure(f"campaign {campaign.name} is {campaign.status}; set `status: active` (or draft) to run it",
                          allow_retries=False)
-    occurrence = _occurrence(context, project, campaign, stages, config)
+    occurrence = _occurrence(context, project, campaign, stages, config, partitioning)
+    schedule = campaign.trigger.schedule
+    if partitioning is not None and schedule is not None and occurrence.trigger != "manual" \
+            and not fires_on(schedule, occurrence.scheduled_at or partitioning.start_of(occurrence.key)):
+        context.log.info(f"{campaign.name}: {occurrence.key} is not a firing of its schedule; nothing to do")
+        return
     store = context.resources.state.store()
     ctx = RunContext(campaign=campaign, settings=project.settings, occurrence=occurrence, store=store,
                      business=context.resources.business.database, log=context.log, run_id=context.run.run_id,
