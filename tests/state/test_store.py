@@ -135,9 +135,9 @@ def test_utcnow_is_aware() -> None:
 def test_migrate_creates_the_tables(store: StateStore) -> None:
     assert store.current_revision() is None
     store.migrate()
-    assert store.current_revision() == _head() == "0001"
+    assert store.current_revision() == _head() is not None
     names = set(sa.inspect(store.engine).get_table_names())
-    assert names == LEDGER | {VERSION_TABLE}
+    assert names == set(tables.metadata.tables) | {VERSION_TABLE} and LEDGER <= names
 
 
 def test_migrate_twice_is_a_no_op(migrated: StateStore) -> None:
