@@ -23,6 +23,7 @@ from ..resources.configurable import BusinessDatabaseResource, SolapiResource, S
 from ..scheduling import PARTITIONS_START, Partitioning, describe_schedule, fires_at, partitioning, schedule_cron
 from .campaigns import STAGES
 from .campaigns.runner import CampaignRunConfig, run_campaign
+from .sensors import build_sensors
 
 CAMPAIGN_JOB = "campaign_run"
 CAMPAIGN_TAG = "campaignflow/campaign"
@@ -187,6 +188,7 @@ def build_definitions(project: Project) -> dg.Definitions:
     assets: list[Any] = []
     jobs: list[Any] = []
     schedules: list[dg.ScheduleDefinition] = []
+    sensors: list[dg.SensorDefinition] = []
     groups: dict[CampaignGroup, list[Campaign]] = defaultdict(list)
     for campaign in project.campaigns.values():
         groups[group_of(campaign)].append(campaign)
@@ -199,6 +201,9 @@ def build_definitions(project: Project) -> dg.Definitions:
             tags={"campaignflow/kind": "campaign", **RUN_TAGS})
         jobs.append(job)
         schedules += [s for c in members if (s := _schedule(c, group, job)) is not None]
+        if group.partitioning is None:
+            sensors += build_sensors(Project(project.root, project.settings, {c.name: c for c in members}),
+                                     group.job_name, group.op_name, RUN_TAGS)
     errors_spec = _config_errors_spec(project)
     if errors_spec is not None:
         assets.append(errors_spec)
@@ -206,6 +211,7 @@ def build_definitions(project: Project) -> dg.Definitions:
         assets=assets,
         jobs=jobs,
         schedules=schedules,
+        sensors=sensors,
         resources=resources_for(project.settings, project.root),
         metadata={"project": str(project.root), "invalid_files": len(project.validation.invalid_files)},
     )

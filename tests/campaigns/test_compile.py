@@ -36,6 +36,7 @@ def _snapshot(defs: dg.Definitions) -> dict:
         "schedules": {s.name: {"cron": s.cron_schedule, "timezone": s.execution_timezone,
                                "default_status": s.default_status.value, "job": s.job_name}
                       for s in sorted(repo.schedule_defs, key=lambda s: s.name)},
+        "sensors": sorted(s.name for s in repo.sensor_defs),
     }
 
 
