@@ -164,6 +164,39 @@ def sandbox_serve(host: str, port: int) -> None:
 
 
 @main.command()
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@PROJECT_DIR
+def status(fmt: str, project_dir: Path | None) -> None:
+    """Per campaign: state, next ticks, last run, deliveries; inbox backlog; daemon health."""
+    import json
+
+    from .status import collect_status, print_status
+
+    report = collect_status(_load(project_dir))
+    if fmt == "json":
+        click.echo(json.dumps(report.to_json(), ensure_ascii=False, indent=2))
+    else:
+        print_status(report)
+
+
+@main.group()
+def webhooks() -> None:
+    """The webhook receiver: events for campaigns, and SOLAPI delivery reports."""
+
+
+@webhooks.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8787, show_default=True, type=int)
+@PROJECT_DIR
+def webhooks_serve(host: str, port: int, project_dir: Path | None) -> None:
+    """Serve POST /webhooks/{event_type}, POST /webhooks/solapi/reports/{token} and GET /healthz."""
+    from .webhooks.app import serve
+
+    _load(project_dir)  # a usage error for a missing configs folder, before the server starts
+    serve(project_dir, host=host, port=port)
+
+
+@main.command()
 @click.option("--customers", default=1000, show_default=True, type=click.IntRange(10, 1_000_000))
 @PROJECT_DIR
 def demo(customers: int, project_dir: Path | None) -> None:

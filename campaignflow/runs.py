@@ -34,6 +34,10 @@ def ensure_dagster_home(project: Project) -> Path:
     """DAGSTER_HOME as set, or the project's own `.dagster_home` (what `make ui` uses too)."""
     home = Path(os.environ.get("DAGSTER_HOME") or project.root / ".dagster_home")
     home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():  # Dagster warns on every start without one; defaults are what we want locally
+        config.write_text("# Local Dagster instance (SQLite under this folder). For teams: deploy/dagster.yaml.\n"
+                          "telemetry:\n  enabled: false\n", encoding="utf-8")
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 
