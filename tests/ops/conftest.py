@@ -115,7 +115,8 @@ def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webserver]:
     tmp = tmp_path_factory.mktemp("webserver")
     home = tmp / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n", encoding="utf-8")
+    # no telemetry; no "Join the Dagster community" dialog over the page the browser test shoots
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n", encoding="utf-8")
     env = {
         **os.environ,
         "CAMPAIGNFLOW_PROJECT_DIR": str(REPO),
