@@ -130,6 +130,10 @@ deliveries = Table(
 
 # -- webhooks ---------------------------------------------------------------------------------
 
+# A dedupe key compared byte for byte on every database: MySQL's default collations ignore
+# case, which would make `crm:AbC` a "duplicate" of `crm:abc` and drop it.
+ExactKey = String(128).with_variant(mysql.VARCHAR(128, collation="utf8mb4_bin"), "mysql", "mariadb")
+
 # The webhook inbox. The receiver writes one row per accepted event (and answers 202 only after
 # the commit); the sensor turns `received` rows whose `due_at` has come into runs (run_key = the
 # event id) and marks them. event_id is the dedupe key: `<source>:<X-Event-Id>` when the source
@@ -138,7 +142,7 @@ deliveries = Table(
 webhook_events = Table(
     "webhook_events", metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("event_id", String(128), nullable=False),
+    Column("event_id", ExactKey, nullable=False),
     Column("event_type", String(63), nullable=False),
     Column("source", String(63), nullable=False),
     Column("payload", Text, nullable=False),                 # JSON of the event body
@@ -158,7 +162,7 @@ webhook_events = Table(
 delivery_reports = Table(
     "delivery_reports", metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("event_data_id", String(128), nullable=False),
+    Column("event_data_id", ExactKey, nullable=False),
     Column("message_id", String(64), nullable=False),
     Column("received_at", UtcDateTime(), nullable=False),
     Column("payload", Text, nullable=False),                 # JSON of the report as SOLAPI sent it

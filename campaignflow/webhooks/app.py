@@ -6,8 +6,8 @@ Routes::
     POST /webhooks/solapi/reports/{token}     SOLAPI delivery reports (JSON array)
     GET  /healthz                             liveness + inbox backlog
 
-``POST /webhooks/{event_type}``, checked in this order (every error is JSON
-``{"error": {"code", "message"}}`` and stores nothing):
+``POST /webhooks/{event_type}`` (headers and signature: :mod:`.signing`), checked in this
+order — every error is JSON ``{"error": {"code", "message"}}`` and stores nothing:
 
 ====  ========================  ==============================================================
 404   ``unknown_event``         no active campaign has a webhook trigger on this event type
@@ -15,18 +15,23 @@ Routes::
                                 is missing; ``unknown_source`` when it names another source
 503   ``source_not_configured`` the source's secret env var (Settings ``webhooks.sources``)
                                 is unset
-401   ``bad_signature``         signature/timestamp header missing or malformed, or the
-                                HMAC does not match (scheme: :mod:`.signing`)
+401   ``bad_signature``         signature/timestamp header missing or malformed
 401   ``stale_timestamp``       timestamp more than ``toleranceSeconds`` (300) off, either way
 413   ``body_too_large``        body over ``maxBodyBytes`` (65,536): refused on Content-Length,
-                                or while streaming as soon as the cap is passed
+                                or while streaming as soon as the cap is passed (the rest is
+                                never read; the connection is closed)
+401   ``bad_signature``         the HMAC does not match the timestamp and body
 409   ``replayed``              this exact signature was already accepted (or is in flight)
-                                within the tolerance window: a retry must re-sign
+                                within the tolerance window: a retry must re-sign. The
+                                signature covers timestamp + body, not X-Event-Id, so two
+                                events with identical bodies signed in the same second are one
+                                request to the receiver: the second must be re-signed
 400   ``invalid_event_id``      ``X-Event-Id`` is not 1-64 chars of ``A-Z a-z 0-9 . _ : -``
 400   ``invalid_json``          not UTF-8 JSON (NaN/Infinity and unpaired surrogates included)
-422   ``invalid_payload``       fails a listening campaign's payload schema (Draft 2020-12,
-                                format is an annotation); the message names the first error's
-                                path, never the value
+422   ``invalid_payload``       fails a listening campaign's payload schema (every listener's;
+                                Draft 2020-12, ``format`` is an annotation); ``message`` and
+                                ``path`` name the first error's place, never the value
+413   ``body_too_large``        (MySQL state store only) payload over 65,535 bytes of TEXT
 503   ``store_unavailable``     the state store could not commit the event: retry
 202                             ``{"eventId", "status": "accepted", "duplicate": false}`` —
                                 the row is committed; ``"duplicate": true`` when the event id
@@ -39,6 +44,23 @@ the source sends one, else ``<source>:sha256:<48 hex>`` — SHA-256 over
 so a retry that re-serialises the same JSON still dedupes. A source that may legitimately send
 two identical bodies as two events must send ``X-Event-Id``. The id is namespaced by source so
 that two sources' ids never collide (a collision would drop an event as a "duplicate").
+
+``POST /webhooks/solapi/reports/{token}``: the token must equal the env var named by Settings
+``webhooks.reportToken`` (constant-time; a wrong token gets the same 404 as any unknown path;
+503 ``reports_not_configured`` when the variable is unset). Body: SOLAPI's JSON array of
+``{eventDataId, data: {messageId, groupId, statusCode, statusMessage, customFields, ...},
+retryCount}`` (cap: ``max(maxBodyBytes, 4 MiB)``). Reports are deduplicated on ``eventDataId``
+(table ``delivery_reports``); each new one settles its ledger row (``deliveries``, found by
+``provider_message_id == messageId``, else by ``customFields.ledgerId`` when that row has no
+other message id) — only forward: 4000 -> ``delivered``; a permanent failure code ->
+``failed`` (reason = code, cost 0); 2000/3000 -> ``sent`` if it was not yet; ``delivered`` and
+``failed`` are final. 200 ``{"stored", "duplicates", "invalid", "updated"}`` is sent only after
+the COMMIT (SOLAPI retries up to 5 times otherwise); a DB failure answers 503 and rolls back
+both the reports and the ledger updates. Malformed elements are skipped and counted
+(``invalid``); a body that is not a JSON array is 400/422.
+
+``GET /healthz``: 200 ``{"status": "ok", "inbox": {"received", "overdue"}}`` (events waiting;
+of those, past ``due_at``), 503 when the store does not answer within 3 s.
 
 Writes go through one *group-commit* writer per app: requests queue their rows; one task
 writes everything queued so far in one transaction (``store.insert_ignore``) and completes each
@@ -57,6 +79,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import heapq
 import hmac
@@ -251,12 +274,13 @@ def _describe(error: Any) -> str:
 # first; "no" (or any other schema) goes to jsonschema, which has the final word and explains
 # the error. Strictness only composes safely through monotone keywords, so the fast path can
 # never say "valid" where jsonschema says no. Left out on purpose: not, oneOf, if/then/else
-# (a stricter subschema would make them *more* permissive), $ref/$defs (resolution differs),
+# (a stricter subschema would make them *more* permissive), patternProperties (fastjsonschema
+# may share one compiled regex with a `pattern` of the same text), $ref/$defs (resolution differs),
 # enum/const over non-strings (Python's 1 == True), multipleOf (float arithmetic differs),
 # uniqueItems, contentMediaType/contentEncoding (asserted by fastjsonschema), everything
 # 2020-12 added (prefixItems, dependentRequired, unevaluated*), and format (an annotation in
 # 2020-12; use_formats=False on the fast side).
-_SCHEMA_MAPS = frozenset({"properties", "patternProperties"})
+_SCHEMA_MAPS = frozenset({"properties"})
 _SCHEMA_ONE = frozenset({"additionalProperties", "propertyNames", "items"})
 _SCHEMA_LISTS = frozenset({"allOf", "anyOf"})
 _PLAIN = frozenset({
@@ -431,6 +455,7 @@ class _InboxWriter:
         self._aux: ThreadPoolExecutor | None = None  # the checkpointer thread
         self._conn: sa.Connection | None = None  # SQLite: the writer thread's own connection
         self._dirty = False
+        self._closing = False
 
     async def write(self, row: dict[str, Any]) -> bool:
         """Store ``row``; True if it was new, False if its event id was already stored.
@@ -439,6 +464,7 @@ class _InboxWriter:
         """
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._task is None or self._task.done():
+            self._closing = False
             self._start(loop)
         future: asyncio.Future[bool] = loop.create_future()
         self._queue.append((row, future))
@@ -458,12 +484,17 @@ class _InboxWriter:
         if self._sqlite:
             self._checkpoints = loop.create_task(self._checkpoint_loop(), name="webhook-inbox-checkpoints")
 
-    async def close(self) -> None:
-        """Write what is queued, then stop the tasks and threads."""
-        while self._queue and self._task is not None and not self._task.done():
-            await asyncio.sleep(0.005)
+    async def close(self, timeout: float = 30.0) -> None:
+        """Finish the batch in flight and everything queued, then stop the tasks and threads."""
+        self._closing = True
+        if self._task is not None and not self._task.done() and self._wake is not None:
+            self._wake.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except (asyncio.TimeoutError, Exception):  # noqa: BLE001
+                log.error("the inbox writer did not finish within %.0f s; stopping it", timeout)
         for task in (self._task, self._checkpoints):
-            if task is not None:
+            if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
@@ -477,7 +508,7 @@ class _InboxWriter:
     async def _run(self) -> None:
         assert self._wake is not None
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._closing:
             await self._wake.wait()
             self._wake.clear()
             while self._queue:
@@ -620,7 +651,8 @@ def _parse_report(item: Any) -> _Report | None:
     group = data.get("groupId")
     custom = data.get("customFields")
     ledger = custom.get(LEDGER_FIELD) if isinstance(custom, dict) else None
-    ledger_id = int(ledger) if isinstance(ledger, (str, int)) and str(ledger).isdigit() and len(str(ledger)) < 19 else None
+    text = str(ledger) if isinstance(ledger, (str, int)) and not isinstance(ledger, bool) else ""
+    ledger_id = int(text) if text.isascii() and text.isdigit() and len(text) < 19 else None
     try:
         payload = json.dumps(item, ensure_ascii=False, separators=(",", ":"))
         if len(payload.encode("utf-8")) > _MYSQL_TEXT_MAX_BYTES:
@@ -969,6 +1001,11 @@ def serve(project_dir: Path | None = None, host: str = "127.0.0.1", port: int = 
     store = resources_for(project.settings, project.root)["state"].store()  # type: ignore[attr-defined]
     store.migrate()
     app = build_app(project, store)
+    # Everything loaded so far (config, jsonschema, SQLAlchemy, Dagster's modules via the
+    # resources) lives as long as the process: move it out of the collector's sight, or each
+    # full collection walks it all and stalls every request for 50-300 ms.
+    gc.collect()
+    gc.freeze()
     options: dict[str, Any] = {
         "access_log": False,
         "server_header": False,

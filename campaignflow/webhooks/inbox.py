@@ -2,8 +2,8 @@
 
 The receiver (:mod:`campaignflow.webhooks.app`) writes rows with status ``received``; an event
 is *due* once ``due_at`` (received time + the longest ``delay`` of the campaigns listening) has
-passed. The sensor reads due events in id order with a cursor (:func:`pending_events`),
-requests one run per event with ``run_key`` = the event id, then marks them
+passed. The sensor reads due events in id order (:func:`pending_events`), requests one run
+per event with ``run_key`` = the event id (``InboxEvent.event_id``), then marks them
 (:func:`mark_dispatched`), or marks an event it will not run (:func:`mark_skipped`,
 :func:`mark_failed`) with a reason.
 

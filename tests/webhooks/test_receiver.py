@@ -233,6 +233,22 @@ def test_a_refused_request_may_be_retried_verbatim(receiver: Receiver) -> None:
                      "invalid_payload")
 
 
+def test_a_store_failure_answers_503_and_stores_nothing(receiver: Receiver) -> None:
+    with receiver.store.engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE webhook_events RENAME TO webhook_events_away"))
+    body = json.dumps(LEAD).encode()
+    headers = signed_headers(SECRET, body, event_id="lead-9")
+    assert_error(receiver.client.post("/webhooks/lead_created", content=body, headers=headers), 503,
+                 "store_unavailable")
+    with receiver.store.engine.begin() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM webhook_events_away")).scalar_one() == 0
+        conn.execute(sa.text("ALTER TABLE webhook_events_away RENAME TO webhook_events"))
+    # The writer recovers, and the sender's verbatim retry is not taken for a replay.
+    retry = receiver.client.post("/webhooks/lead_created", content=body, headers=headers)
+    assert retry.status_code == 202 and retry.json()["duplicate"] is False
+    assert receiver.count(t.webhook_events) == 1
+
+
 def test_oversized_bodies_are_refused_without_reading_them(receiver: Receiver) -> None:
     huge = b'{"phone": "' + b"1" * 70_000 + b'"}'
     assert_error(receiver.post(body=huge), 413, "body_too_large")  # declared in Content-Length
@@ -435,3 +451,50 @@ def test_healthz_when_the_store_is_unreachable(project: Project) -> None:
     with serve_in_thread(build_app(project, store)) as server:
         response = httpx.get(server.base_url + "/healthz", trust_env=False, timeout=10)
     assert response.status_code == 503 and response.json()["status"] == "unavailable"
+
+
+# -- the fast schema check never accepts what Draft 2020-12 refuses ---------------------------
+
+FAST_SCHEMAS = [
+    {"type": "object", "required": ["phone"], "properties": {
+        "phone": {"type": "string", "minLength": 9, "maxLength": 20}, "company": {"type": "string", "maxLength": 100},
+        "email": {"type": "string", "format": "email"}, "source": {"type": "string", "maxLength": 100}}},
+    {"type": "object", "additionalProperties": False, "properties": {
+        "code": {"type": "string", "pattern": "^[A-Z]{2}[0-9]$"}, "kind": {"enum": ["a", "b", None]},
+        "n": {"type": "integer", "minimum": 0, "exclusiveMaximum": 10},
+        "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
+        "any": {"anyOf": [{"type": "string"}, {"type": "number", "maximum": 1}]}}},
+    {"type": "object", "additionalProperties": {"type": "boolean"}, "propertyNames": {"pattern": "^x.?$"},
+     "minProperties": 1},
+]
+
+
+def test_fast_schema_check_is_never_more_permissive() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from jsonschema import Draft202012Validator
+
+    from campaignflow.webhooks.app import _fast_check
+
+    checks = [(_fast_check(schema), Draft202012Validator(schema)) for schema in FAST_SCHEMAS]
+    assert all(fast is not None for fast, _ in checks)
+    for unsafe in ({"not": {"type": "string"}}, {"oneOf": [{}]}, {"if": {}, "then": {}}, {"$ref": "#"},
+                   {"enum": [1, True]}, {"multipleOf": 0.1}, {"prefixItems": [{}]},
+                   {"patternProperties": {"^x": {}}}, {"properties": {"a": {"not": {}}}}):
+        assert _fast_check(unsafe) is None, unsafe
+
+    keys = st.sampled_from(["phone", "company", "email", "source", "code", "kind", "n", "tags", "any", "x", "xy",
+                            "long_key", "x\n"])
+    scalars = (st.none() | st.booleans() | st.integers(-3, 12) | st.floats(allow_nan=False, allow_infinity=False)
+               | st.text(max_size=25) | st.sampled_from(["AB1", "AB1\n", "a", "b", "010-1234-5678"]))
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4),
+                          max_leaves=8)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.dictionaries(keys, values, max_size=5) | values)
+    def check(payload: Any) -> None:
+        for fast, full in checks:
+            if fast(payload):
+                assert full.is_valid(payload), payload
+
+    check()

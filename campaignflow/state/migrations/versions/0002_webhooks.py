@@ -8,7 +8,8 @@ Self-contained like 0001: column types are spelled out here, not imported from
 campaignflow.state.tables, so this revision keeps creating the same schema when the tables
 module moves on. ``UtcDateTime`` is ``timestamp with time zone`` on PostgreSQL, ``DATETIME(6)``
 on MySQL/MariaDB and ``DATETIME`` on SQLite; ids are ``BIGINT`` (``INTEGER`` on SQLite, so that
-it auto-increments).
+it auto-increments); the dedupe keys (event_id, event_data_id) are ``VARCHAR(128)`` with the
+binary collation ``utf8mb4_bin`` on MySQL/MariaDB, whose default collations ignore case.
 """
 
 from __future__ import annotations
@@ -31,11 +32,16 @@ def _id() -> sa.types.TypeEngine:
     return sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
+def _key() -> sa.types.TypeEngine:
+    # Dedupe keys compare byte for byte: MySQL's default collations ignore case.
+    return sa.String(128).with_variant(mysql.VARCHAR(128, collation="utf8mb4_bin"), "mysql", "mariadb")
+
+
 def upgrade() -> None:
     op.create_table(
         "webhook_events",
         sa.Column("id", _id(), autoincrement=True, nullable=False),
-        sa.Column("event_id", sa.String(128), nullable=False),
+        sa.Column("event_id", _key(), nullable=False),
         sa.Column("event_type", sa.String(63), nullable=False),
         sa.Column("source", sa.String(63), nullable=False),
         sa.Column("payload", sa.Text(), nullable=False),
@@ -58,7 +64,7 @@ def upgrade() -> None:
     op.create_table(
         "delivery_reports",
         sa.Column("id", _id(), autoincrement=True, nullable=False),
-        sa.Column("event_data_id", sa.String(128), nullable=False),
+        sa.Column("event_data_id", _key(), nullable=False),
         sa.Column("message_id", sa.String(64), nullable=False),
         sa.Column("received_at", _ts(), nullable=False),
         sa.Column("payload", sa.Text(), nullable=False),
