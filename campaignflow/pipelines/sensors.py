@@ -21,7 +21,7 @@ from ..project import Project
 from ..scheduling import in_quiet_hours, parse_clock, zone
 from .campaigns import STAGES
 
-SENSOR_INTERVAL_SECONDS = 10
+SENSOR_INTERVAL_SECONDS = 5
 EVALUATION_BUDGET_SECONDS = 3.0  # stay well inside Dagster's sensor timeout
 MAX_RUNS_PER_EVALUATION = 500
 PAGE = 200
