@@ -99,3 +99,43 @@ def test_backfill_of_a_range_messages_nobody_twice(world: CampaignWorld) -> None
     assert {r["reason"] for r in ledger if r["occurrence"] != "2026-10-01"} == {"frequency_cap"}
     materialized = world.instance.get_materialized_partitions(dg.AssetKey(["review_request", "deliveries"]))
     assert materialized == {"2026-10-01", "2026-10-02", "2026-10-03"}
+
+
+FOLLOWUP = """\
+apiVersion: campaignflow/v1
+kind: Campaign
+name: company_followup
+status: active
+audience:
+  sql: SELECT c.id AS customer_id, c.phone, c.company_name FROM customers c WHERE c.company_name = :company
+  key: customer_id
+  phone: phone
+message:
+  channel: sms
+  text: "{{ company_name }} 담당자님, {{ topic }} 관련 안내드립니다."
+variables:
+  topic: {payload: topic, default: 서비스}
+trigger:
+  webhook:
+    event: company_updated
+    source: crm
+    payload:
+      type: object
+      required: [company]
+      properties: {company: {type: string}, topic: {type: string}}
+"""
+
+
+def test_payload_values_reach_sql_only_as_bound_parameters(world: CampaignWorld) -> None:
+    (world.root / "configs" / "campaigns" / "company_followup.yaml").write_text(FOLLOWUP, encoding="utf-8")
+    engine = sa.create_engine(world.business_url)
+    with engine.connect() as conn:
+        company, expected = conn.execute(sa.text(
+            "SELECT company_name, COUNT(*) FROM customers GROUP BY company_name ORDER BY COUNT(*) DESC LIMIT 1")).one()
+    engine.dispose()
+    outcome = world.run("company_followup", payload={"company": company, "topic": "요금제"}, occurrence="evt-a")
+    assert outcome.success, outcome.error
+    assert outcome.metadata["audience"]["selected"] == expected
+    assert all("요금제" in r["text"] and company in r["text"] for r in world.ledger("company_followup", "evt-a"))
+    hostile = world.run("company_followup", payload={"company": "x' OR '1'='1"}, occurrence="evt-b")
+    assert hostile.success and hostile.metadata["audience"]["selected"] == 0  # a value, never SQL
