@@ -139,3 +139,53 @@ def test_payload_values_reach_sql_only_as_bound_parameters(world: CampaignWorld)
     assert all("요금제" in r["text"] and company in r["text"] for r in world.ledger("company_followup", "evt-a"))
     hostile = world.run("company_followup", payload={"company": "x' OR '1'='1"}, occurrence="evt-b")
     assert hostile.success and hostile.metadata["audience"]["selected"] == 0  # a value, never SQL
+
+
+def _immediate_project(world: CampaignWorld, status: str):  # type: ignore[no-untyped-def]
+    path = world.root / "configs" / "campaigns" / "launch_notice.yaml"
+    path.write_text(f"""\
+apiVersion: campaignflow/v1
+kind: Campaign
+name: launch_notice
+status: {status}
+audience: {{sql: "SELECT id AS customer_id, phone FROM customers", key: customer_id, phone: phone}}
+message: {{channel: sms, text: "새 기능이 출시되었습니다."}}
+trigger: {{schedule: {{immediate: true}}}}
+""", encoding="utf-8")
+    return world.project()
+
+
+def _activation(world: CampaignWorld, status: str, cursor: str | None) -> tuple[list[dg.RunRequest], str | None]:
+    defs = build_definitions(_immediate_project(world, status))
+    sensor = next(s for s in defs.get_repository_def().sensor_defs if s.name == "immediate_campaigns")
+    with dg.build_sensor_context(instance=world.instance, cursor=cursor, repository_def=defs.get_repository_def()) as ctx:
+        data = sensor.evaluate_tick(ctx)
+    return list(data.run_requests or []), data.cursor
+
+
+def test_immediate_runs_once_each_time_the_campaign_becomes_active(world: CampaignWorld) -> None:
+    first, cursor = _activation(world, "active", None)
+    assert [r.run_key for r in first] == ["launch_notice:immediate-1"]
+    again, cursor = _activation(world, "active", cursor)
+    assert again == []  # still active: no second run
+    paused, cursor = _activation(world, "paused", cursor)
+    assert paused == []
+    reactivated, cursor = _activation(world, "active", cursor)
+    assert [r.run_key for r in reactivated] == ["launch_notice:immediate-2"]
+
+
+def test_quiet_hours_hold_advertising_until_eight(world: CampaignWorld) -> None:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from campaignflow.pipelines.sensors import _quiet_until
+
+    project = world.project()
+    promo, info = project.campaigns["winback_promo"], project.campaigns["review_request"]
+    seoul = ZoneInfo("Asia/Seoul")
+    night = datetime(2026, 11, 23, 22, 30, tzinfo=seoul)
+    assert _quiet_until(promo, project.settings, night) == datetime(2026, 11, 24, 8, 0, tzinfo=seoul)
+    assert _quiet_until(promo, project.settings, datetime(2026, 11, 24, 7, 59, tzinfo=seoul)) == \
+        datetime(2026, 11, 24, 8, 0, tzinfo=seoul)
+    assert _quiet_until(promo, project.settings, datetime(2026, 11, 24, 8, 0, tzinfo=seoul)) is None
+    assert _quiet_until(info, project.settings, night) is None  # informational messages are not restricted
