@@ -169,3 +169,105 @@ delivery_reports = Table(
     UniqueConstraint("event_data_id"),
     Index(None, "message_id"),
 )
+
+# -- posting plans ---------------------------------------------------------------------------
+# One row per Gemini call (drafts or scoring): tokens used and credits charged.
+generations = Table(
+    "generations", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("plan", String(63), nullable=False),
+    Column("occurrence", String(128), nullable=False),
+    Column("purpose", String(16), nullable=False),           # draft | score
+    Column("model", String(100), nullable=False),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("output_tokens", Integer, nullable=False),
+    Column("total_tokens", Integer, nullable=False),
+    Column("credits", Integer, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index(None, "plan", "occurrence"),
+)
+
+# The variants of one occurrence, their scores, and which one was chosen (or approved).
+variants = Table(
+    "variants", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("plan", String(63), nullable=False),
+    Column("occurrence", String(128), nullable=False),
+    Column("variant_id", String(32), nullable=False),
+    Column("parts", Text, nullable=False),                   # JSON list of post texts (a thread has several)
+    Column("fits", Integer, nullable=False),                 # 1 when every part fits every platform
+    Column("problems", Text),                                # JSON list of why not
+    Column("scores", Text),                                  # JSON: engagement, virality, persona_match, ...
+    Column("overall", Numeric(5, 2)),
+    Column("selected", Integer, nullable=False),             # 1 for the variant that is published
+    Column("approved_by", String(100)),
+    Column("approved_at", UtcDateTime()),
+    Column("created_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("plan", "occurrence", "variant_id"),
+)
+
+# The publication ledger: one row per (plan, occurrence, platform, part), written before the call.
+publications = Table(
+    "publications", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("plan", String(63), nullable=False),
+    Column("occurrence", String(128), nullable=False),
+    Column("platform", String(16), nullable=False),          # x | threads
+    Column("account", String(63), nullable=False),
+    Column("part", Integer, nullable=False),                 # 0-based position in the thread
+    Column("variant_id", String(32), nullable=False),
+    Column("text", Text, nullable=False),
+    # pending -> published | failed;  review (outcome unknown and not found: a person decides)
+    Column("status", String(16), nullable=False),
+    Column("platform_post_id", String(64)),
+    Column("reply_to_id", String(64)),
+    Column("container_id", String(64)),                      # Threads creation id
+    Column("attempts", Integer, nullable=False),
+    Column("error_code", String(64)),
+    Column("error_message", Text),
+    Column("next_attempt_at", UtcDateTime()),                # retry backoff (1, 5, 15 min) or rate-limit reset
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Column("published_at", UtcDateTime()),
+    UniqueConstraint("plan", "occurrence", "platform", "part"),
+    Index(None, "status", "next_attempt_at"),
+)
+
+# Engagement per published post and collection checkpoint (1h, 24h, 7d after publishing).
+engagement = Table(
+    "engagement", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("publication_id", BigInteger, nullable=False),
+    Column("checkpoint", String(16), nullable=False),
+    Column("collected_at", UtcDateTime(), nullable=False),
+    Column("metrics", Text),                                 # JSON; NULL when the post was deleted
+    Column("deleted", Integer, nullable=False),
+    UniqueConstraint("publication_id", "checkpoint"),
+)
+
+# Credits: grants are positive, generations negative; a team's balance for a month is the sum.
+credit_ledger = Table(
+    "credit_ledger", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("team", String(63), nullable=False),
+    Column("plan", String(63)),
+    Column("occurrence", String(128)),
+    Column("amount", Integer, nullable=False),
+    Column("reason", String(64), nullable=False),            # generation | grant | refund
+    Column("model", String(100)),
+    Column("generation_id", BigInteger),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index(None, "team", "created_at"),
+)
+
+# Refreshed OAuth tokens per platform account (X refresh tokens rotate: the pair is replaced in
+# one statement). Initial tokens come from the environment; this table holds what refreshes return.
+oauth_tokens = Table(
+    "oauth_tokens", metadata,
+    Column("platform", String(16), primary_key=True),
+    Column("account", String(63), primary_key=True),
+    Column("access_token", Text, nullable=False),
+    Column("refresh_token", Text),
+    Column("expires_at", UtcDateTime()),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
