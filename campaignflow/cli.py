@@ -197,6 +197,36 @@ def webhooks_serve(host: str, port: int, project_dir: Path | None) -> None:
 
 
 @main.command()
+@click.argument("action", type=click.Choice(["balance", "history"]), default="balance")
+@click.option("--team", help="Only this team (default: every team in Settings).")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000), help="History rows.")
+@PROJECT_DIR
+def credits(action: str, team: str | None, limit: int, project_dir: Path | None) -> None:
+    """Credits for AI generation: this month's balance per team, or the ledger's history."""
+    from rich.table import Table
+
+    from .console import console
+    from .pipelines.posting import credits as ledger
+    from .resources.configurable import resources_for
+
+    project = _load(project_dir)
+    store = resources_for(project.settings, project.root)["state"].store()  # type: ignore[attr-defined]
+    if action == "balance":
+        teams = [team] if team else sorted(((project.settings.budgets.get("credits") or {}).get("teams") or {}))
+        table = Table("team", "month", "allowance", "spent", "granted", "available")
+        for name in teams:
+            b = ledger.balance(store, project.settings, name)
+            table.add_row(name, b.month, str(b.allowance), str(b.spent), str(b.granted), str(b.available))
+        console.print(table)
+        return
+    table = Table("when", "team", "plan", "occurrence", "amount", "reason", "model")
+    for row in ledger.history(store, team, limit):
+        table.add_row(row["created_at"].isoformat(timespec="seconds"), row["team"], row["plan"] or "",
+                      row["occurrence"] or "", str(row["amount"]), row["reason"], row["model"] or "")
+    console.print(table)
+
+
+@main.command()
 @click.option("--customers", default=1000, show_default=True, type=click.IntRange(10, 1_000_000))
 @PROJECT_DIR
 def demo(customers: int, project_dir: Path | None) -> None:
