@@ -24,6 +24,7 @@ demo: $(STAMP)
 
 ## make test: install dev extras, run the whole suite
 test: $(STAMP)
+	mkdir -p $(DAGSTER_HOME)
 	$(BIN)/python -m pytest
 
 ## make ui: the Dagster UI on http://127.0.0.1:3000

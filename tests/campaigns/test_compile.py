@@ -91,9 +91,9 @@ def test_monthly_schedule_on_a_day_outside_the_rule_is_skipped() -> None:
         assert schedule.evaluate_tick(ctx).run_requests
 
 
-def test_dagster_definitions_validate_accepts_the_project(repo: Path) -> None:
+def test_dagster_definitions_validate_accepts_the_project(repo: Path, tmp_path: Path) -> None:
     exe = Path(sys.executable).parent / "dagster"
-    env = {**os.environ, "CAMPAIGNFLOW_PROJECT_DIR": str(repo)}
+    env = {**os.environ, "CAMPAIGNFLOW_PROJECT_DIR": str(repo), "DAGSTER_HOME": str(tmp_path)}
     done = subprocess.run([str(exe), "definitions", "validate", "-w", "workspace.yaml"], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
