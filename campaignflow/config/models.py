@@ -252,3 +252,68 @@ class Campaign:
             delivery_mode=delivery.get("mode", settings.default_delivery_mode),
             batch_size=delivery.get("batchSize"), max_failure_rate=delivery.get("maxFailureRate", 0.5),
         )
+
+
+@dataclass(frozen=True)
+class Persona:
+    name: str
+    data: dict[str, Any]  # the whole document: the writer builds its system instruction from it
+
+    @property
+    def language(self) -> str:
+        return str(self.data.get("language", "ko"))
+
+
+@dataclass(frozen=True)
+class PostingPlan:
+    name: str
+    file: str
+    status: Literal["draft", "active", "paused", "archived"]
+    description: str
+    persona: str
+    brief: str | None
+    topics: tuple[str, ...]
+    rotation: Literal["sequential", "random"]
+    platforms: dict[str, str]  # platform -> account
+    variants: int
+    selection: Literal["best_score", "approval"]
+    min_score: float | None
+    thread_parts: int | None
+    thread_numbering: bool
+    append: str | None
+    schedule: dict[str, Any] | None
+    collect_after: tuple[timedelta, ...]
+    collect_labels: tuple[str, ...]
+    team: str | None
+    monthly_limit: int | None
+    model: str | None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], file: str, settings: Settings) -> "PostingPlan":
+        thread = data.get("thread") or {}
+        selection = data.get("selection") or {}
+        credits = data.get("credits") or {}
+        labels = tuple((data.get("metrics") or {}).get("collectAfter", ["1h", "24h", "7d"]))
+        schedule = {"timezone": settings.timezone, **data["schedule"]} if "schedule" in data else None
+        return cls(
+            name=data["name"], file=file, status=data.get("status", "draft"), description=data.get("description", ""),
+            persona=data["persona"], brief=data.get("brief"), topics=tuple(data.get("topics") or ()),
+            rotation=data.get("rotation", "sequential"),
+            platforms={platform: target["account"] for platform, target in data["platforms"].items()},
+            variants=data.get("variants", 3), selection=selection.get("mode", "best_score"),
+            min_score=selection.get("minScore"), thread_parts=thread.get("parts"),
+            thread_numbering=thread.get("numbering", True), append=data.get("append"), schedule=schedule,
+            collect_after=tuple(parse_duration(x) for x in labels), collect_labels=labels,
+            team=credits.get("team"), monthly_limit=credits.get("monthlyLimit"), model=data.get("model"),
+        )
+
+    def topic_for(self, occurrence: str, index: int) -> str | None:
+        """The topic of one occurrence: in order by occurrence number, or picked reproducibly from its key."""
+        if not self.topics:
+            return None
+        if self.rotation == "random":
+            import hashlib
+
+            digest = int(hashlib.sha256(f"{self.name}:{occurrence}".encode()).hexdigest(), 16)
+            return self.topics[digest % len(self.topics)]
+        return self.topics[index % len(self.topics)]
