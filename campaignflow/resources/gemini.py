@@ -67,6 +67,15 @@ from google.genai import types
 
 from .. import textlimits
 
+try:  # google-genai sends through httpx2 (a fork of httpx) when it is installed
+    import httpx2
+except ImportError:  # pragma: no cover - depends on the environment
+    httpx2 = None
+
+_HTTPX_MODULES = tuple(m for m in (httpx, httpx2) if m is not None)
+_TIMEOUT_ERRORS: tuple[type[BaseException], ...] = tuple(m.TimeoutException for m in _HTTPX_MODULES)
+_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = tuple(m.TransportError for m in _HTTPX_MODULES)
+
 __all__ = [
     "DEFAULT_API_VERSION",
     "OVERALL_WEIGHTS",
@@ -553,7 +562,7 @@ class GeminiWriter:
         options = types.HttpOptions(api_version=api_version, timeout=int(timeout * 1000))
         if base_url:
             options.base_url = base_url
-        self._client = genai.Client(api_key=api_key, http_options=options)
+        self._client = genai.Client(vertexai=False, api_key=api_key, http_options=options)
 
     def __repr__(self) -> str:  # no key in reprs
         return f"GeminiWriter(model={self.model!r}, api_version={self.api_version!r})"
@@ -615,6 +624,7 @@ class GeminiWriter:
         numbering: bool = True,
     ) -> str:
         """The user prompt of a draft (deterministic; budgets already reduced by append and numbering)."""
+        platforms = normalize_platforms(platforms)
         suffix = _suffix(append, thread_parts, numbering)
         budgets = _budgets(platforms, suffix)
         shape = f"a thread of {thread_parts} posts" if thread_parts else "a single post"
@@ -628,7 +638,9 @@ class GeminiWriter:
         if brief:
             lines.append(f"Brief: {brief.strip()}")
         lines.append("Rules:")
-        lines.append(f"- Give the variants the ids v1 to v{variants}, in order; make them differ in hook, structure and length.")
+        lines.append(
+            f"- Give the variants the ids v1 to v{variants}, in order; make them differ in hook, structure and length."
+        )
         if thread_parts:
             lines.append(
                 f"- Each variant has exactly {thread_parts} parts, one per post, in publishing order."
@@ -693,10 +705,12 @@ class GeminiWriter:
         document, usage, model = self._generate(
             self.system_instruction(persona), prompt, schema, temperature=self.temperature
         )
-        errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(document), key=lambda e: list(e.absolute_path))
+        validator = jsonschema.Draft202012Validator(schema)
+        errors = sorted(validator.iter_errors(document), key=lambda e: [str(p) for p in e.absolute_path])
         raw_variants = document.get("variants") if isinstance(document, dict) else None
         if not isinstance(raw_variants, list):
-            raise GenerationError(None, "the answer has no `variants` array: " + "; ".join(e.message for e in errors[:3]))
+            found = "; ".join(_short(e.message) for e in errors[:3])
+            raise GenerationError(None, f"the answer has no `variants` array: {found}")
         general: list[str] = []
         per_item: dict[int, list[str]] = {}
         for error in errors:
@@ -796,13 +810,17 @@ class GeminiWriter:
         lines = [
             "Rate each post variant below as an experienced, strict social media editor would.",
             f"Platforms: {', '.join(_platform_label(p) for p in platforms if p in PLATFORMS) or ', '.join(platforms)}.",
-            f"Author persona: {persona.get('role') or 'unspecified'}; tone: {persona.get('tone') or 'natural'};"
-            f" interests: {', '.join(map(str, persona.get('interests') or [])) or '-'};"
-            f" expertise: {', '.join(map(str, persona.get('expertise') or [])) or '-'}.",
+            f"Author role: {persona.get('role') or 'unspecified'}",
+            f"Tone: {persona.get('tone') or 'natural'}",
+            f"Interests: {', '.join(map(str, persona.get('interests') or [])) or '-'}",
+            f"Expertise: {', '.join(map(str, persona.get('expertise') or [])) or '-'}",
             "Rubric — integers 0 to 100, where 50 is an ordinary post from this author:",
-            "- engagement: how likely readers reply, like or save it (a strong hook, concrete value, a question or call to action).",
-            "- virality: how likely it is reposted or quoted beyond the author's followers (a novel insight, a clear opinion, a shareable format).",
-            "- trending: how well it meets the current conversation on this topic (a timely angle, recognisable keywords), without clickbait.",
+            "- engagement: how likely readers reply, like or save it"
+            " (a strong hook, concrete value, a question or call to action).",
+            "- virality: how likely it is reposted or quoted beyond the author's followers"
+            " (a novel insight, a clear opinion, a shareable format).",
+            "- trending: how well it meets the current conversation on this topic"
+            " (a timely angle, recognisable keywords), without clickbait.",
             f"For each score give a one-line reason in {language}. Score every variant, with its id as given;"
             " judge only the text, not its length.",
             "Variants:",
@@ -816,16 +834,19 @@ class GeminiWriter:
     ) -> dict[str, dict[str, tuple[int, str]]]:
         ids = [v.id for v in variants]
         schema = judge_schema(ids)
-        system = "You are a consistent judge of social media posts. Apply the rubric literally; the same text always gets the same scores."
-        document, _, _ = self._generate(system, self.judge_prompt(persona, variants, list(limits)), schema, temperature=0.0)
+        system = (
+            "You are a consistent judge of social media posts."
+            " Apply the rubric literally; the same text always gets the same scores."
+        )
+        prompt = self.judge_prompt(persona, variants, list(limits))
+        document, _, _ = self._generate(system, prompt, schema, temperature=0.0)
         errors = list(jsonschema.Draft202012Validator(schema).iter_errors(document))
         if errors:
             raise GenerationError(None, "the judge's answer does not follow its schema: " + _short(errors[0].message))
         judged: dict[str, dict[str, tuple[int, str]]] = {}
         for item in document["scores"]:
-            judged.setdefault(
-                item["id"], {name: (int(item[name]["score"]), " ".join(item[name]["reason"].split())) for name in _JUDGED}
-            )
+            answer = {name: (int(item[name]["score"]), " ".join(item[name]["reason"].split())) for name in _JUDGED}
+            judged.setdefault(item["id"], answer)
         missing = [i for i in ids if i not in judged]
         if missing:
             raise GenerationError(None, "the judge did not score " + ", ".join(missing))
@@ -856,9 +877,9 @@ class GeminiWriter:
                     self._sleep(self._delay(exc, attempt))
                     continue
                 raise GenerationError(code, self._describe(exc, attempt)) from None
-            except httpx.TimeoutException as exc:
+            except _TIMEOUT_ERRORS as exc:
                 raise GenerationError(None, f"no answer within the timeout ({type(exc).__name__})") from None
-            except httpx.TransportError as exc:
+            except _TRANSPORT_ERRORS as exc:
                 raise GenerationError(None, f"connection failed: {type(exc).__name__}") from None
             except genai_errors.UnknownApiResponseError as exc:
                 raise GenerationError(None, self._scrub(f"unreadable answer: {exc}")[:300]) from None
@@ -867,7 +888,9 @@ class GeminiWriter:
 
     def _delay(self, exc: genai_errors.APIError, attempt: int) -> float:
         delay = self.backoff * 2 ** (attempt - 1)
-        for detail in (exc.details or {}).get("error", {}).get("details", []) if isinstance(exc.details, dict) else []:
+        error = exc.details.get("error") if isinstance(exc.details, dict) else None
+        details = error.get("details") if isinstance(error, dict) else None
+        for detail in details if isinstance(details, list) else []:
             if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("RetryInfo"):
                 match = re.fullmatch(r"([0-9.]+)s", str(detail.get("retryDelay", "")))
                 if match:

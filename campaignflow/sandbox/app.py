@@ -10,16 +10,19 @@ from dataclasses import dataclass
 
 from starlette.applications import Starlette
 
+from .gemini import GeminiSandbox
 from .solapi import SolapiSandbox
 
 SANDBOX_PORT = 8701
 # The sandbox's own credentials — not secrets: they only open the local simulator.
-SANDBOX_CREDENTIALS = {"SOLAPI_API_KEY": "sandbox-key", "SOLAPI_API_SECRET": "sandbox-secret"}
+SANDBOX_CREDENTIALS = {"SOLAPI_API_KEY": "sandbox-key", "SOLAPI_API_SECRET": "sandbox-secret",
+                       "GEMINI_API_KEY": "sandbox-gemini-key"}
 
 
 @dataclass
 class Sandbox:
     solapi: SolapiSandbox
+    gemini: GeminiSandbox
     app: Starlette
 
 
@@ -28,4 +31,5 @@ def build_sandbox(*, sender: str = "0212345678", auto_complete: bool = True, bal
     solapi = SolapiSandbox(api_key=SANDBOX_CREDENTIALS["SOLAPI_API_KEY"],
                            api_secret=SANDBOX_CREDENTIALS["SOLAPI_API_SECRET"],
                            senders=(sender,), auto_complete=auto_complete, balance=balance)
-    return Sandbox(solapi=solapi, app=Starlette(routes=list(solapi.routes)))
+    gemini = GeminiSandbox(api_key=SANDBOX_CREDENTIALS["GEMINI_API_KEY"])
+    return Sandbox(solapi=solapi, gemini=gemini, app=Starlette(routes=[*solapi.routes, *gemini.routes]))
