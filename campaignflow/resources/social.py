@@ -78,9 +78,12 @@ class AuthError(PermanentError):
 
 
 class RetryableError(SocialError):
-    """Every attempt met a retryable failure (5xx, no connection); nothing was accepted.
+    """Every attempt met a retryable failure (5xx, no connection), and nothing was accepted.
 
-    The caller may try again later (see :data:`RETRY_SCHEDULE`) without reconciling.
+    For a create, the clients raise it only when no attempt can have landed
+    (never connected; for Threads, the container is confirmed unpublished);
+    otherwise they raise :class:`OutcomeUnknown`. The caller may try again
+    later (see :data:`RETRY_SCHEDULE`) without reconciling.
     """
 
     def __init__(self, message: str, *, status: int | None = None, attempts: int = 0) -> None:
@@ -190,6 +193,6 @@ _TOKEN_IN_URL = re.compile(r"(access_token=)[^&\s\"']+")
 def redact(text: str, *secrets: str | None) -> str:
     """Server text and URLs go into exceptions and logs: keep tokens out of them."""
     for secret in secrets:
-        if secret:
+        if secret and len(secret) >= 8:  # real tokens are long; a short one would shred the text
             text = text.replace(secret, "***")
     return _TOKEN_IN_URL.sub(r"\1***", text)

@@ -4,9 +4,12 @@ Exactly-once is the ledger's promise; this client's share of it:
 
 * A request that provably did not reach X (no connection) or that X answered
   with 5xx is retried here with a short jittered backoff, up to ``max_attempts``.
-  A retried create that then meets X's duplicate-content refusal (403) raises
-  :class:`~campaignflow.resources.social.OutcomeUnknown`, not
-  :class:`DuplicateContent`: the earlier attempt may have landed behind its 5xx.
+  A 5xx from X is not proof that a create did not land, so a create that
+  met one is settled conservatively: if a retry then meets X's duplicate-content
+  refusal (403), or every attempt failed, it raises
+  :class:`~campaignflow.resources.social.OutcomeUnknown` (reconcile first), not
+  :class:`DuplicateContent` / :class:`~campaignflow.resources.social.RetryableError`.
+  ``RetryableError`` from a create means no attempt reached X at all.
 * A ``POST /2/tweets`` whose answer was lost (read timeout, connection dropped
   after sending) raises ``OutcomeUnknown`` and is never retried here. Look the
   post up with :meth:`XClient.find_recent_post` before posting again.
@@ -235,8 +238,9 @@ class XClient:
         """``POST /2/tweets``; ``reply_to`` makes it a reply (a thread part replies to the previous id).
 
         Raises :class:`OutcomeUnknown` when X may have created it without us
-        seeing the answer, :class:`DuplicateContent`, :class:`RateLimited`,
-        :class:`PermanentError`, :class:`RetryableError` (5xx every attempt).
+        seeing the answer (also after 5xx answers only), :class:`DuplicateContent`,
+        :class:`RateLimited`, :class:`PermanentError`, :class:`RetryableError`
+        (no attempt reached X).
         """
         body: dict[str, Any] = {"text": text}
         if reply_to is not None:
@@ -492,7 +496,6 @@ class XClient:
                     last_status, last_error = status, _problem(response)[1]
                 elif not response.is_success:
                     title, detail = _problem(response)
-                    detail = self._redact(detail)
                     if status == 403 and _is_duplicate(detail):
                         if unsafe and answered_5xx:
                             raise OutcomeUnknown(
@@ -500,7 +503,7 @@ class XClient:
                                 cause="duplicate content after a 5xx answer: an earlier attempt may have landed",
                             )  # fmt: skip
                         raise DuplicateContent(status, title, detail)
-                    raise PermanentError(status, title, detail)
+                    raise PermanentError(status, title, self._redact(detail))
                 else:
                     try:
                         return response.json()
@@ -511,6 +514,11 @@ class XClient:
                             ) from exc
                         raise SocialError(f"{method} {path}: HTTP {status} with an unreadable body") from exc
             if attempt >= self._max_attempts:
+                if unsafe and answered_5xx:
+                    raise OutcomeUnknown(
+                        method=method, path=path,
+                        cause=f"HTTP 5xx on {attempt} attempt(s): X may have created the post behind one",
+                    )  # fmt: skip
                 what = f"HTTP {last_status}" if last_status is not None else "no answer"
                 raise RetryableError(
                     f"{method} {path}: gave up after {attempt} attempt(s); last: {what} ({self._redact(last_error)})",

@@ -12,17 +12,25 @@ from starlette.applications import Starlette
 
 from .gemini import GeminiSandbox
 from .solapi import SolapiSandbox
+from .threads import ThreadsSandbox
+from .x import XSandbox
 
 SANDBOX_PORT = 8701
 # The sandbox's own credentials — not secrets: they only open the local simulator.
 SANDBOX_CREDENTIALS = {"SOLAPI_API_KEY": "sandbox-key", "SOLAPI_API_SECRET": "sandbox-secret",
-                       "GEMINI_API_KEY": "sandbox-gemini-key"}
+                       "GEMINI_API_KEY": "sandbox-gemini-key",
+                       # the example Settings' `brand` accounts on X and Threads
+                       "X_CLIENT_ID": "sandbox-x-client", "X_BRAND_ACCESS_TOKEN": "sandbox-x-access-brand",
+                       "X_BRAND_REFRESH_TOKEN": "sandbox-x-refresh-brand",
+                       "THREADS_BRAND_TOKEN": "sandbox-threads-access-brand"}
 
 
 @dataclass
 class Sandbox:
     solapi: SolapiSandbox
     gemini: GeminiSandbox
+    x: XSandbox
+    threads: ThreadsSandbox
     app: Starlette
 
 
@@ -32,4 +40,7 @@ def build_sandbox(*, sender: str = "0212345678", auto_complete: bool = True, bal
                            api_secret=SANDBOX_CREDENTIALS["SOLAPI_API_SECRET"],
                            senders=(sender,), auto_complete=auto_complete, balance=balance)
     gemini = GeminiSandbox(api_key=SANDBOX_CREDENTIALS["GEMINI_API_KEY"])
-    return Sandbox(solapi=solapi, gemini=gemini, app=Starlette(routes=[*solapi.routes, *gemini.routes]))
+    x = XSandbox()
+    threads = ThreadsSandbox()
+    return Sandbox(solapi=solapi, gemini=gemini, x=x, threads=threads,
+                   app=Starlette(routes=[*solapi.routes, *gemini.routes, *x.routes, *threads.routes]))
