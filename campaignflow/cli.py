@@ -227,6 +227,42 @@ def credits(action: str, team: str | None, limit: int, project_dir: Path | None)
 
 
 @main.command()
+@click.argument("plan")
+@click.argument("variant")
+@click.option("--occurrence", help="Occurrence key (default: the plan's latest drafted occurrence).")
+@click.option("--by", default=None, help="Who approves (default: the current user).")
+@PROJECT_DIR
+def approve(plan: str, variant: str, occurrence: str | None, by: str | None, project_dir: Path | None) -> None:
+    """Approve a drafted variant of a `selection: approval` plan; the next run publishes it."""
+    import getpass
+
+    import sqlalchemy as sa
+
+    from .pipelines.posting.drafts import approve as record_approval
+    from .resources.configurable import resources_for
+    from .state import tables as t
+
+    project = _load(project_dir)
+    try:
+        project.plan(plan)
+    except KeyError as exc:
+        raise click.UsageError(str(exc.args[0])) from None
+    store = resources_for(project.settings, project.root)["state"].store()  # type: ignore[attr-defined]
+    if occurrence is None:
+        with store.engine.connect() as conn:
+            occurrence = conn.execute(sa.select(sa.func.max(t.variants.c.occurrence)).where(
+                t.variants.c.plan == plan)).scalar_one_or_none()
+        if occurrence is None:
+            raise click.UsageError(f"{plan} has no drafts yet: run its drafts first")
+    try:
+        chosen = record_approval(store, plan, occurrence, variant, by or getpass.getuser())
+    except (KeyError, ValueError) as exc:
+        raise click.UsageError(str(exc.args[0])) from None
+    click.echo(f"approved {chosen.variant_id} of {plan} [{occurrence}] (overall {chosen.overall:.1f}); "
+               "the next run of its selected_post and publications publishes it")
+
+
+@main.command()
 @click.option("--customers", default=1000, show_default=True, type=click.IntRange(10, 1_000_000))
 @PROJECT_DIR
 def demo(customers: int, project_dir: Path | None) -> None:

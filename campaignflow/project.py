@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .config.findings import Finding
-from .config.models import Campaign, Settings
+from .config.models import Campaign, PostingPlan, Settings
 from .config.validate import ValidationResult, validate_paths
 
 PROJECT_DIR_ENV = "CAMPAIGNFLOW_PROJECT_DIR"
@@ -23,13 +23,21 @@ class Project:
     root: Path
     settings: Settings
     campaigns: dict[str, Campaign] = field(default_factory=dict)
-    posting_plans: dict[str, dict[str, Any]] = field(default_factory=dict)
+    posting_plans: dict[str, PostingPlan] = field(default_factory=dict)
     personas: dict[str, dict[str, Any]] = field(default_factory=dict)
     validation: ValidationResult = field(default_factory=ValidationResult)
 
     @property
     def errors(self) -> list[Finding]:
         return self.validation.errors
+
+    def plan(self, name: str) -> PostingPlan:
+        if name not in self.posting_plans:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(self.posting_plans), n=1)
+            raise KeyError(f"no valid posting plan named `{name}`" + (f" — did you mean `{close[0]}`?" if close else ""))
+        return self.posting_plans[name]
 
     def campaign(self, name: str) -> Campaign:
         if name not in self.campaigns:
@@ -66,7 +74,7 @@ def load_project(root: Path | str | None = None, *, use_cache: bool = True) -> P
         if doc.kind == "Campaign":
             project.campaigns[doc.data["name"]] = Campaign.from_dict(doc.data, doc.path, settings)
         elif doc.kind == "PostingPlan":
-            project.posting_plans[doc.data["name"]] = doc.data
+            project.posting_plans[doc.data["name"]] = PostingPlan.from_dict(doc.data, doc.path, settings)
         elif doc.kind == "Persona":
             project.personas[doc.data["name"]] = doc.data
     return project

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 REPO = Path(__file__).resolve().parent.parent
 
 # Real database servers (MariaDB, PostgreSQL): fresh databases per test; see tests/dbservices.py.
-pytest_plugins = ["dbservices"]
+pytest_plugins = ["dbservices", "worlds"]
 
 
 @pytest.fixture

@@ -23,9 +23,12 @@ from ..resources.configurable import BusinessDatabaseResource, SolapiResource, S
 from ..scheduling import PARTITIONS_START, Partitioning, describe_schedule, fires_at, partitioning, schedule_cron
 from .campaigns import STAGES
 from .campaigns.runner import CampaignRunConfig, run_campaign
+from .posting import STAGES as POSTING_STAGES
+from .posting.assets import plan_groups, plan_schedule, posting_asset
 from .sensors import build_sensors
 
 CAMPAIGN_JOB = "campaign_run"
+POSTING_JOB = "posting_run"
 CAMPAIGN_TAG = "campaignflow/campaign"
 OCCURRENCE_TAG = "campaignflow/occurrence"
 TRIGGER_TAG = "campaignflow/trigger"
@@ -76,17 +79,20 @@ def campaign_specs(campaign: Campaign) -> list[dg.AssetSpec]:
 
 @dataclass(frozen=True)
 class CampaignGroup:
-    """Campaigns that compile into one multi-asset and one job: they share a partitioning."""
+    """Campaigns (or posting plans) that compile into one multi-asset and one job: they share a
+    partitioning. Dagster's load time grows with ops and jobs, not with asset specs."""
 
     partitioning: Partitioning | None
+    family: str = "campaigns"  # or "posting_plans"
 
     @property
     def op_name(self) -> str:
-        return "campaigns" if self.partitioning is None else f"campaigns_{self.partitioning.slug}"
+        return self.family if self.partitioning is None else f"{self.family}_{self.partitioning.slug}"
 
     @property
     def job_name(self) -> str:
-        return CAMPAIGN_JOB if self.partitioning is None else f"{CAMPAIGN_JOB}_{self.partitioning.slug}"
+        base = CAMPAIGN_JOB if self.family == "campaigns" else POSTING_JOB
+        return base if self.partitioning is None else f"{base}_{self.partitioning.slug}"
 
     def partitions_def(self) -> dg.PartitionsDefinition | None:
         p = self.partitioning
@@ -204,6 +210,13 @@ def build_definitions(project: Project) -> dg.Definitions:
         if group.partitioning is None:
             sensors += build_sensors(Project(project.root, project.settings, {c.name: c for c in members}),
                                      group.job_name, group.op_name, RUN_TAGS)
+    for plan_group, members in sorted(plan_groups(project).items(), key=lambda kv: kv[0].op_name):
+        assets.append(posting_asset(project, plan_group, members))
+        job = dg.define_asset_job(plan_group.job_name, selection=dg.AssetSelection.assets(
+            *[dg.AssetKey([p.name, stage]) for p in members for stage in POSTING_STAGES]),
+            description="Runs the selected posting plans' stages.", tags={"campaignflow/kind": "posting_plan"})
+        jobs.append(job)
+        schedules += [s for p in members if (s := plan_schedule(p, plan_group, job)) is not None]
     errors_spec = _config_errors_spec(project)
     if errors_spec is not None:
         assets.append(errors_spec)

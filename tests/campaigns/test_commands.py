@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from campaignflow.cli import main
 
-from conftest import CampaignWorld  # type: ignore[import-not-found]
+from worlds import CampaignWorld
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ import pytest
 from campaignflow.resources import solapi as solapi_module
 from campaignflow.pipelines.campaigns import deliveries as deliveries_module
 
-from conftest import CampaignWorld, make_world  # type: ignore[import-not-found]
+from worlds import CampaignWorld, make_world
 
 
 def _accepted_by_ledger_id(world: CampaignWorld) -> Counter[str]:

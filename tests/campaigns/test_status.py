@@ -12,7 +12,7 @@ from campaignflow.cli import main
 from campaignflow.status import collect_status
 from campaignflow.state import tables as t
 
-from conftest import CampaignWorld  # type: ignore[import-not-found]
+from worlds import CampaignWorld
 
 
 def test_status_reports_runs_ledgers_and_next_ticks(world: CampaignWorld) -> None:

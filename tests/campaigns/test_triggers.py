@@ -19,7 +19,7 @@ from campaignflow.state import tables as t
 from campaignflow.webhooks.app import build_app
 from campaignflow.webhooks.signing import signed_headers
 
-from conftest import CampaignWorld  # type: ignore[import-not-found]
+from worlds import CampaignWorld
 
 SECRET = "test-webhook-secret"
 

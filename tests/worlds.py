@@ -1,4 +1,6 @@
-"""A campaign project wired to real parts: a CRM database, the state store, the SOLAPI sandbox on loopback."""
+"""A project wired to real parts: a CRM database, the state store, every provider simulator on loopback.
+
+Loaded as a pytest plugin (see tests/conftest.py): the `world` fixture is available to every test."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from campaignflow.sandbox.crm_data import create_sample_crm
 from campaignflow.sandbox.server import serve_in_thread
 from campaignflow.state import tables as t
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
