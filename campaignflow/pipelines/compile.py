@@ -25,7 +25,7 @@ from .campaigns import STAGES
 from .campaigns.runner import CampaignRunConfig, run_campaign
 from .posting import STAGES as POSTING_STAGES
 from .posting.assets import plan_groups, plan_schedule, posting_asset
-from .sensors import build_sensors
+from .sensors import build_engagement_sensor, build_sensors
 
 CAMPAIGN_JOB = "campaign_run"
 POSTING_JOB = "posting_run"
@@ -210,13 +210,22 @@ def build_definitions(project: Project) -> dg.Definitions:
         if group.partitioning is None:
             sensors += build_sensors(Project(project.root, project.settings, {c.name: c for c in members}),
                                      group.job_name, group.op_name, RUN_TAGS)
+    plan_jobs: dict[str, tuple[str, str, bool]] = {}
+    posting_jobs = []
     for plan_group, members in sorted(plan_groups(project).items(), key=lambda kv: kv[0].op_name):
         assets.append(posting_asset(project, plan_group, members))
         job = dg.define_asset_job(plan_group.job_name, selection=dg.AssetSelection.assets(
             *[dg.AssetKey([p.name, stage]) for p in members for stage in POSTING_STAGES]),
             description="Runs the selected posting plans' stages.", tags={"campaignflow/kind": "posting_plan"})
         jobs.append(job)
+        posting_jobs.append(job)
         schedules += [s for p in members if (s := plan_schedule(p, plan_group, job)) is not None]
+        plan_jobs.update({p.name: (plan_group.job_name, plan_group.op_name, plan_group.partitioning is not None)
+                          for p in members})
+    if plan_jobs:
+        engagement = build_engagement_sensor(project, plan_jobs, posting_jobs)
+        if engagement is not None:
+            sensors.append(engagement)
     errors_spec = _config_errors_spec(project)
     if errors_spec is not None:
         assets.append(errors_spec)

@@ -162,3 +162,52 @@ def build_sensors(project: Project, job_name: str, op_name: str, tags: dict[str,
     if immediate:
         sensors.append(_activation_sensor(immediate, project.settings, job_name, op_name, tags))
     return sensors
+
+
+def build_engagement_sensor(project: Project, plan_jobs: dict[str, tuple[str, str, bool]],
+                            jobs: list[Any]) -> dg.SensorDefinition | None:
+    """Requests `<plan>/engagement` runs when a published post reaches a collection checkpoint.
+
+    `plan_jobs`: plan name -> (job name, op name, partitioned). One run per (plan, occurrence,
+    checkpoint) thanks to the run key; each run collects every checkpoint due by then.
+    """
+    plans = {name: project.plan(name) for name in plan_jobs}
+    if not plans:
+        return None
+    horizon = max(max(p.collect_after, default=timedelta(0)) for p in plans.values()) + timedelta(days=1)
+
+    @dg.sensor(name="engagement_due", jobs=jobs, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
+               required_resource_keys={"state"}, description="Collects engagement 1 h, 24 h and 7 d after publishing.")
+    def engagement_due(context: dg.SensorEvaluationContext) -> Iterator[dg.RunRequest | dg.SkipReason]:
+        import sqlalchemy as sa
+
+        from ..state import tables as t
+
+        store = context.resources.state.store()
+        now = datetime.now(timezone.utc)
+        p, e = t.publications, t.engagement
+        with store.engine.connect() as conn:
+            rows = conn.execute(sa.select(p.c.id, p.c.plan, p.c.occurrence, p.c.published_at).where(
+                p.c.status == "published", p.c.published_at >= now - horizon, p.c.plan.in_(list(plans)))).all()
+            done = {(r[0], r[1]) for r in conn.execute(sa.select(e.c.publication_id, e.c.checkpoint).where(
+                e.c.publication_id.in_([r.id for r in rows] or [-1])))}
+        due: dict[tuple[str, str], str] = {}
+        for row in rows:
+            plan = plans[row.plan]
+            for label, delay in zip(plan.collect_labels, plan.collect_after):
+                if (row.id, label) not in done and row.published_at + delay <= now:
+                    due.setdefault((row.plan, row.occurrence), label)
+        for (plan_name, occurrence), label in sorted(due.items()):
+            job, op, partitioned = plan_jobs[plan_name]
+            config: dict[str, Any] = {"trigger": "schedule"}
+            if not partitioned:
+                config["occurrence"] = occurrence
+            yield dg.RunRequest(run_key=f"{plan_name}:{occurrence}:engagement:{label}", job_name=job,
+                                partition_key=occurrence if partitioned else None,
+                                asset_selection=[dg.AssetKey([plan_name, "engagement"])],
+                                run_config={"ops": {op: {"config": config}}},
+                                tags={"campaignflow/plan": plan_name, "campaignflow/checkpoint": label})
+        if not due:
+            yield dg.SkipReason("no engagement checkpoint is due")
+
+    return engagement_due

@@ -128,3 +128,24 @@ def test_engagement_is_collected_when_due(world) -> None:  # type: ignore[no-unt
     rows = _rows(world, t.engagement)
     assert {r["checkpoint"] for r in rows} == {"1h"} and len(rows) == 2
     assert sorted(r["deleted"] for r in rows) == [0, 1]  # the X post was deleted: recorded, not retried
+
+
+def test_engagement_sensor_requests_a_run_when_a_checkpoint_is_due(world) -> None:  # type: ignore[no-untyped-def]
+    from datetime import datetime, timedelta, timezone
+
+    assert _run(world, "weekly_ai_tips").success
+    engine = sa.create_engine(world.state_url)
+    with engine.begin() as conn:
+        conn.execute(sa.update(t.publications).values(published_at=datetime.now(timezone.utc) - timedelta(minutes=61)))
+    engine.dispose()
+    defs = build_definitions(world.project())
+    repo = defs.get_repository_def()
+    sensor = next(s for s in repo.sensor_defs if s.name == "engagement_due")
+    with dg.build_sensor_context(instance=world.instance, resources=defs.resources, repository_def=repo) as ctx:
+        (request,) = sensor.evaluate_tick(ctx).run_requests or []
+    assert request.run_key == f"weekly_ai_tips:{DAY}:engagement:1h" and request.partition_key == DAY
+    result = defs.resolve_job_def(request.job_name).execute_in_process(
+        instance=world.instance, partition_key=request.partition_key, run_config=request.run_config,
+        asset_selection=request.asset_selection)
+    assert result.success
+    assert {r["checkpoint"] for r in _rows(world, t.engagement)} == {"1h"}
