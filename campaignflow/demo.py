@@ -19,7 +19,7 @@ from .overview import print_overview
 from .pipelines.compile import group_of
 from .project import Project
 from .resources.configurable import anchored
-from .runs import RunOutcome, ensure_dagster_home, run_campaign
+from .runs import RunOutcome, ensure_dagster_home, run_campaign, run_posting_plan
 from .sandbox.app import SANDBOX_CREDENTIALS, SANDBOX_PORT, build_sandbox
 from .sandbox.crm_data import create_sample_crm
 from .sandbox.server import serve_in_thread
@@ -49,7 +49,11 @@ def run_demo(project: Project, *, customers: int = 1000) -> int:
     sandbox = build_sandbox(sender=project.settings.solapi.sender or "0212345678")
     port = SANDBOX_PORT if _port_free(SANDBOX_PORT) else 0
     with serve_in_thread(sandbox.app, port=port) as server:
-        settings = dataclasses.replace(project.settings,
+        providers = {name: dict(values) for name, values in project.settings.providers.items()}
+        for name in ("gemini", "x"):
+            providers.setdefault(name, {})["baseUrl"] = server.base_url
+        providers.setdefault("threads", {})["baseUrl"] = server.base_url + "/v1.0"
+        settings = dataclasses.replace(project.settings, providers=providers,
                                        solapi=dataclasses.replace(project.settings.solapi, base_url=server.base_url))
         demo_project = dataclasses.replace(project, settings=settings)
         console.print(f"SOLAPI sandbox: {server.base_url} (settings point SOLAPI here; the real service is one "
@@ -70,10 +74,37 @@ def run_demo(project: Project, *, customers: int = 1000) -> int:
             if not outcome.success:
                 console.print(f"[red]{campaign.name} failed: {outcome.error}[/]")
         received = len(sandbox.solapi.accepted)
+        plan_outcome = _demo_plan(demo_project)
+        published = {"x": len(sandbox.x.posts), "threads": len(sandbox.threads.posts)}
     _summary(outcomes, received)
+    if plan_outcome is not None:
+        _plan_summary(plan_outcome, published)
+        outcomes.append(plan_outcome)
     console.print("Runs are recorded in DAGSTER_HOME; `make ui` opens the Dagster UI at http://127.0.0.1:3000 "
                   "(asset groups per campaign; the ledger is in .campaignflow/state.db).")
     return 0 if all(o.success for o in outcomes) else 1
+
+
+def _demo_plan(project: Project) -> RunOutcome | None:
+    """One posting plan end to end, offline: Gemini drafts and scores, X and Threads publish."""
+    plan = next((p for p in project.posting_plans.values() if p.status == "active" and p.selection == "best_score"), None)
+    if plan is None:
+        return None
+    console.print(f"posting plan {plan.name}: drafting {plan.variants} variants with the Gemini sandbox, "
+                  "publishing the best to the X and Threads sandboxes")
+    return run_posting_plan(project, plan.name)
+
+
+def _plan_summary(outcome: RunOutcome, published: dict[str, int]) -> None:
+    if not outcome.success:
+        console.print(f"[red]{outcome.campaign} failed: {outcome.error}[/]")
+        return
+    drafts, chosen = outcome.metadata.get("drafts", {}), outcome.metadata.get("selected_post", {})
+    console.print(f"{outcome.campaign}: {drafts.get('variants', '?')} variants ({drafts.get('credits', 0)} credits, "
+                  f"{drafts.get('tokens', 0)} tokens); chose {chosen.get('variant', '?')} "
+                  f"(overall {chosen.get('overall', 0):.1f}); the sandboxes hold {published['x']} X and "
+                  f"{published['threads']} Threads posts")
+    console.print(chosen.get("text", ""), markup=False, highlight=False)
 
 
 def _summary(outcomes: list[RunOutcome], received: int) -> None:

@@ -90,3 +90,39 @@ def run_campaign(project: Project, name: str, *, live: bool = False, occurrence:
         error = failures[0].step_failure_data.error.message.strip() if failures and failures[0].step_failure_data.error \
             else "the run failed"
     return RunOutcome(name, result.run_id, result.success, error, metadata)
+
+
+def run_posting_plan(project: Project, name: str, *, occurrence: str | None = None,
+                     stages: tuple[str, ...] = ("drafts", "selected_post", "publications"),
+                     instance: dg.DagsterInstance | None = None, console_log_level: str = "WARNING") -> RunOutcome:
+    """Run a posting plan's stages through Dagster (today's occurrence for scheduled plans)."""
+    from .pipelines.posting.assets import plan_groups
+
+    plan = project.plan(name)
+    single = Project(project.root, project.settings, {}, {name: plan}, project.personas, validation=project.validation)
+    defs = build_definitions(single)
+    (group,) = plan_groups(single)
+    job = defs.resolve_job_def(group.job_name)
+    if instance is None:
+        ensure_dagster_home(project)
+        instance = dg.DagsterInstance.get()
+    config: dict[str, Any] = {"trigger": "manual"}
+    partition_key = None
+    if group.partitioning is not None:
+        partition_key = occurrence or group.partitioning.key_for(datetime.now(timezone.utc))
+    elif occurrence:
+        config["occurrence"] = occurrence
+    result = job.execute_in_process(
+        run_config={**group.run_config(config), "loggers": {"console": {"config": {"log_level": console_log_level}}}},
+        instance=instance, partition_key=partition_key, raise_on_error=False,
+        asset_selection=[dg.AssetKey([name, stage]) for stage in stages], tags={"campaignflow/plan": name})
+    metadata: dict[str, dict[str, Any]] = {}
+    for event in result.get_asset_materialization_events():
+        mat = event.step_materialization_data.materialization
+        metadata[mat.asset_key.path[-1]] = {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
+    error = None
+    if not result.success:
+        failures = [e for e in result.all_events if e.is_step_failure]
+        error = failures[0].step_failure_data.error.message.strip() if failures and failures[0].step_failure_data.error \
+            else "the run failed"
+    return RunOutcome(name, result.run_id, result.success, error, metadata)
