@@ -146,21 +146,25 @@ def preview(campaign: str, limit: int, payload: str | None, project_dir: Path | 
 
 @main.group()
 def sandbox() -> None:
-    """The local provider simulators (SOLAPI today)."""
+    """The local provider simulators (SOLAPI, Gemini, X, Threads)."""
 
 
 @sandbox.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8701, show_default=True, type=int)
-def sandbox_serve(host: str, port: int) -> None:
-    """Serve the wire-compatible SOLAPI simulator until interrupted."""
+@click.option("--x-post-limit", default=100, show_default=True, type=click.IntRange(1),
+              help="Posts per 15-minute window before the X simulator answers 429.")
+@click.option("--threads-quota", default=250, show_default=True, type=click.IntRange(1),
+              help="Threads posts per rolling 24 h before the simulator refuses.")
+def sandbox_serve(host: str, port: int, x_post_limit: int, threads_quota: int) -> None:
+    """Serve the wire-compatible SOLAPI, Gemini, X and Threads simulators until interrupted."""
     from .sandbox.app import SANDBOX_CREDENTIALS, build_sandbox
     from .sandbox.server import serve_forever
 
     click.echo(f"sandbox on http://{host}:{port} — point providers.solapi.baseUrl there and set:")
     for name, value in SANDBOX_CREDENTIALS.items():
         click.echo(f"  export {name}={value}")
-    serve_forever(build_sandbox().app, host=host, port=port)
+    serve_forever(build_sandbox(x_post_limit=x_post_limit, threads_quota=threads_quota).app, host=host, port=port)
 
 
 @main.command()

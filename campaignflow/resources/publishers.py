@@ -32,7 +32,7 @@ def token_saver(store: StateStore, platform: str, account: str):  # type: ignore
 
     def save(access_token: str, refresh_token: str | None, expires_at: datetime | None) -> None:
         o = t.oauth_tokens
-        with store.engine.begin() as conn:
+        with store.write() as conn:
             conn.execute(sa.delete(o).where(o.c.platform == platform, o.c.account == account))
             conn.execute(sa.insert(o).values(platform=platform, account=account, access_token=access_token,
                                              refresh_token=refresh_token, expires_at=expires_at, updated_at=utcnow()))

@@ -34,13 +34,14 @@ class Sandbox:
     app: Starlette
 
 
-def build_sandbox(*, sender: str = "0212345678", auto_complete: bool = True, balance: float = 1e12) -> Sandbox:
+def build_sandbox(*, sender: str = "0212345678", auto_complete: bool = True, balance: float = 1e12,
+                  x_post_limit: int = 100, threads_quota: int = 250) -> Sandbox:
     """`balance` in KRW: large by default so local runs never hit it; tests lower it to see 1030."""
     solapi = SolapiSandbox(api_key=SANDBOX_CREDENTIALS["SOLAPI_API_KEY"],
                            api_secret=SANDBOX_CREDENTIALS["SOLAPI_API_SECRET"],
                            senders=(sender,), auto_complete=auto_complete, balance=balance)
     gemini = GeminiSandbox(api_key=SANDBOX_CREDENTIALS["GEMINI_API_KEY"])
-    x = XSandbox()
-    threads = ThreadsSandbox()
+    x = XSandbox(post_limit=x_post_limit)  # X allows ~100 posts per 15 minutes per user on common tiers
+    threads = ThreadsSandbox(quota_total=threads_quota)  # Threads: 250 posts per rolling 24 h
     return Sandbox(solapi=solapi, gemini=gemini, x=x, threads=threads,
                    app=Starlette(routes=[*solapi.routes, *gemini.routes, *x.routes, *threads.routes]))

@@ -20,7 +20,8 @@ import logging
 import random
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,20 @@ class StateStore:
                 # The migration's own error matters more; the lock dies with the session.
                 log.warning("could not release the migration lock %s", name, exc_info=True)
                 conn.invalidate()
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A transaction for read-then-write work.
+
+        On SQLite it takes the write lock up front (``BEGIN IMMEDIATE``): a deferred transaction
+        that reads and then writes fails at once with "database is locked" when another writer
+        got there first, instead of waiting out the busy timeout. Elsewhere a plain transaction.
+        """
+        with self.engine.connect() as conn:
+            if self._dialect == "sqlite":
+                conn.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
+            with conn.begin():
+                yield conn
 
     def current_revision(self) -> str | None:
         """The schema's Alembic revision, or None when the store was never migrated."""

@@ -86,7 +86,7 @@ def select_audience(ctx: RunContext) -> AudienceSummary:
     m = t.audience_members
     name, occ = ctx.campaign.name, ctx.occurrence.key
     selected = 0
-    with ctx.store.engine.begin() as conn:
+    with ctx.store.write() as conn:
         # A re-run of this stage replaces the snapshot; the ledger still guarantees one message per key.
         conn.execute(sa.delete(m).where(m.c.campaign == name, m.c.occurrence == occ))
         key_col = phone_col = None

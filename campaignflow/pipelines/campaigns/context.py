@@ -56,7 +56,7 @@ class RunContext:
         values = {"trigger": self.occurrence.trigger, "scheduled_at": self.occurrence.scheduled_at,
                   "payload": json.dumps(self.occurrence.payload, ensure_ascii=False, default=str),
                   "run_id": self.run_id, "updated_at": now}
-        with self.store.engine.begin() as conn:
+        with self.store.write() as conn:
             updated = conn.execute(sa.update(t.occurrences).where(
                 t.occurrences.c.campaign == key["campaign"], t.occurrences.c.occurrence == key["occurrence"],
             ).values(**values)).rowcount

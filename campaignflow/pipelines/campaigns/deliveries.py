@@ -77,7 +77,7 @@ def _price(ctx: RunContext, message_type: str | None) -> Decimal:
 # -- simulate ----------------------------------------------------------------------------
 def _simulate(ctx: RunContext, summary: DeliverySummary) -> None:
     d = t.deliveries
-    with ctx.store.engine.begin() as conn:
+    with ctx.store.write() as conn:
         for message_type, price in ctx.settings.solapi.prices.items():
             summary.simulated += conn.execute(
                 sa.update(d).where(_scope(ctx), d.c.status == "ready", d.c.message_type == message_type)
@@ -152,7 +152,7 @@ def reconcile_pending(ctx: RunContext, sender: Sender, summary: DeliverySummary)
         since = (min(claimed) - RECONCILE_MARGIN) if claimed else None
         found.update(sender.find_messages_by_custom_field(LEDGER_FIELD, unknown, since=since))
     now = utcnow()
-    with ctx.store.engine.begin() as conn:
+    with ctx.store.write() as conn:
         settled = []
         for row in pending:
             message = found.get(str(row["id"]))
@@ -234,7 +234,7 @@ def _claim(ctx: RunContext, batch_size: int, summary: DeliverySummary) -> tuple[
     d = t.deliveries
     batch_id = uuid.uuid4().hex
     now = utcnow()
-    with ctx.store.engine.begin() as conn:
+    with ctx.store.write() as conn:
         rows = [dict(r) for r in conn.execute(
             sa.select(d.c.id, d.c.phone, d.c.message_type, d.c.text, d.c.subject, d.c.kakao)
             .where(_scope(ctx), d.c.status == "ready").order_by(d.c.id).limit(batch_size)).mappings()]
@@ -295,7 +295,7 @@ def _record(ctx: RunContext, rows: list[dict[str, Any]], result: SendManyResult,
             summary.failures[outcome.status_code] = summary.failures.get(outcome.status_code, 0) + 1
         else:
             summary.sent += 1
-    with ctx.store.engine.begin() as conn:
+    with ctx.store.write() as conn:
         _settle(conn, settled)
     return failed
 
@@ -303,7 +303,7 @@ def _record(ctx: RunContext, rows: list[dict[str, Any]], result: SendManyResult,
 def _release(ctx: RunContext, batch_id: str) -> None:
     """SOLAPI answered with an error for the whole request: nothing was accepted, rows are sendable."""
     d = t.deliveries
-    with ctx.store.engine.begin() as conn:
+    with ctx.store.write() as conn:
         conn.execute(sa.update(d).where(d.c.batch_id == batch_id, d.c.status == "pending")
                      .values(status="ready", batch_id=None, updated_at=utcnow()))
 
@@ -311,7 +311,7 @@ def _release(ctx: RunContext, batch_id: str) -> None:
 def _fail_batch(ctx: RunContext, batch_id: str, error: SolapiRequestError, summary: DeliverySummary) -> None:
     """A permanent request error (bad sender, bad key): record it on every row of the batch."""
     d = t.deliveries
-    with ctx.store.engine.begin() as conn:
+    with ctx.store.write() as conn:
         n = conn.execute(sa.update(d).where(d.c.batch_id == batch_id, d.c.status == "pending").values(
             status="failed", reason=error.error_code[:64] or str(error.status), status_code=str(error.status),
             status_message=error.error_message[:500], cost=Decimal(0), updated_at=utcnow())).rowcount
@@ -321,7 +321,7 @@ def _fail_batch(ctx: RunContext, batch_id: str, error: SolapiRequestError, summa
 
 def _force_resend(ctx: RunContext, summary: DeliverySummary) -> None:
     d = t.deliveries
-    with ctx.store.engine.begin() as conn:
+    with ctx.store.write() as conn:
         n = conn.execute(sa.update(d).where(_scope(ctx), d.c.status == "failed")
                          .values(status="ready", batch_id=None, reason=None, updated_at=utcnow())).rowcount
     if n:

@@ -193,7 +193,7 @@ def _write(ctx: RunContext, ledger: list[dict[str, Any]]) -> None:
     """Insert new ledger rows; refresh rows that never left; leave everything else alone."""
     d = t.deliveries
     keys = [e["recipient_key"] for e in ledger]
-    with ctx.store.engine.begin() as conn:
+    with ctx.store.write() as conn:
         existing = dict(conn.execute(sa.select(d.c.recipient_key, d.c.status).where(
             d.c.campaign == ctx.campaign.name, d.c.occurrence == ctx.occurrence.key, d.c.recipient_key.in_(keys))).all())
         fresh = [e for e in ledger if e["recipient_key"] not in existing]

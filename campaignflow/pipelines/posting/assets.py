@@ -5,6 +5,7 @@ scheduled plan, partitioned by occurrence), so the same load-time budget holds f
 """
 
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any, Iterator, Optional
 
@@ -22,6 +23,7 @@ from .drafts import (
 from .publications import collect_engagement, publish
 
 PLAN_TAG = "campaignflow/plan"
+PLAN_CONCURRENCY = 16
 
 _DESCRIPTIONS = {
     "drafts": "Variants written by Gemini in the persona's voice, each with five scores (credits charged per generation).",
@@ -70,8 +72,28 @@ def posting_asset(project: Project, group: Any, plans: list[PostingPlan]) -> dg.
         selected: dict[str, set[str]] = defaultdict(set)
         for key in context.selected_asset_keys:
             selected[key.path[0]].add(key.path[-1])
-        for name in sorted(selected):
-            yield from run_plan(context, project, project.plan(name), selected[name], config, group.partitioning)
+        names = sorted(selected)
+        if len(names) == 1:
+            yield from run_plan(context, project, project.plan(names[0]), selected[names[0]], config, group.partitioning)
+            return
+        # Several plans in one run (a backfill, a team's whole set): their Gemini and platform
+        # calls are I/O, so plans run side by side; results are yielded in plan order.
+        with ThreadPoolExecutor(max_workers=PLAN_CONCURRENCY, thread_name_prefix="plan") as pool:
+            futures = {name: pool.submit(lambda n: list(run_plan(context, project, project.plan(n), selected[n],
+                                                                 config, group.partitioning)), name) for name in names}
+        problems: list[str] = []
+        retry: dg.RetryRequested | None = None
+        for name in names:
+            try:
+                yield from futures[name].result()
+            except dg.RetryRequested as wait:
+                retry = retry or wait
+            except Exception as exc:  # one plan's failure must not hide the others' results
+                problems.append(f"{name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        if problems:
+            raise dg.Failure(f"{len(problems)} of {len(names)} plans failed: " + "; ".join(problems[:10]))
+        if retry is not None:
+            raise retry
 
     return plans_op
 

@@ -82,7 +82,7 @@ def charge(store: StateStore, settings: Settings, *, team: str, plan: str, occur
     """Check and debit one generation; returns the ledger row id (refund it if the call fails)."""
     now = now or utcnow()
     cost = cost_of(settings, model)
-    with store.engine.begin() as conn:
+    with store.write() as conn:
         if store.dialect == "postgresql":  # two runs of one team must not both spend the last credits
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:team))"), {"team": f"credits:{team}"})
         spent, granted = _sums(conn, team, _month_start(now))
@@ -100,7 +100,7 @@ def charge(store: StateStore, settings: Settings, *, team: str, plan: str, occur
 
 def refund(store: StateStore, debit_id: int, reason: str = "refund") -> None:
     c = t.credit_ledger
-    with store.engine.begin() as conn:
+    with store.write() as conn:
         row = conn.execute(sa.select(c).where(c.c.id == debit_id)).mappings().one()
         conn.execute(sa.insert(c).values(team=row["team"], plan=row["plan"], occurrence=row["occurrence"],
                                          amount=-row["amount"], reason=reason, model=row["model"], created_at=utcnow()))
@@ -108,7 +108,7 @@ def refund(store: StateStore, debit_id: int, reason: str = "refund") -> None:
 
 def link_generation(store: StateStore, debit_id: int, generation_id: int) -> None:
     c = t.credit_ledger
-    with store.engine.begin() as conn:
+    with store.write() as conn:
         conn.execute(sa.update(c).where(c.c.id == debit_id).values(generation_id=generation_id))
 
 

@@ -117,7 +117,7 @@ def make_drafts(ctx: PlanContext) -> DraftsSummary:
         raise
     cost = credits.cost_of(ctx.settings, model) if debit is not None else 0
     now = utcnow()
-    with ctx.store.engine.begin() as conn:
+    with ctx.store.write() as conn:
         generation = _record_generation(conn, ctx, "draft", model, draft.usage, cost)
         by_id = {s.variant_id: s for s in scores}
         rows = []
@@ -172,7 +172,7 @@ def select_post(ctx: PlanContext) -> StoredVariant:
             raise NothingToPublish(f"the best variant scores {chosen.overall:.1f}, below minScore {ctx.plan.min_score}; "
                                    "nothing is published for this occurrence\n\n" + variants_markdown(variants))
     v = t.variants
-    with ctx.store.engine.begin() as conn:
+    with ctx.store.write() as conn:
         conn.execute(sa.update(v).where(v.c.plan == ctx.plan.name, v.c.occurrence == ctx.occurrence,
                                         v.c.variant_id == chosen.variant_id).values(selected=1))
     return next(x for x in stored_variants(ctx.store, ctx.plan.name, ctx.occurrence) if x.variant_id == chosen.variant_id)
@@ -188,7 +188,7 @@ def approve(store: StateStore, plan: str, occurrence: str, variant_id: str, by: 
     if not match.fits:
         raise ValueError(f"variant `{variant_id}` does not fit the platforms: {'; '.join(match.problems)}")
     v = t.variants
-    with store.engine.begin() as conn:
+    with store.write() as conn:
         if conn.execute(sa.select(sa.func.count()).where(v.c.plan == plan, v.c.occurrence == occurrence,
                                                          v.c.selected == 1)).scalar_one():
             raise ValueError(f"{plan} [{occurrence}] already has a selected variant; it may be published already")

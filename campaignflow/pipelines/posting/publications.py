@@ -60,7 +60,7 @@ def _rows(store: StateStore, ctx: PlanContext, platform: str) -> list[dict[str, 
 
 def _update(store: StateStore, row_id: int, **values: Any) -> None:
     p = t.publications
-    with store.engine.begin() as conn:
+    with store.write() as conn:
         conn.execute(sa.update(p).where(p.c.id == row_id).values(updated_at=utcnow(), **values))
 
 
@@ -72,7 +72,7 @@ def _queue(ctx: PlanContext, chosen: StoredVariant) -> None:
              "variant_id": chosen.variant_id, "text": text, "status": "queued", "attempts": 0,
              "created_at": now, "updated_at": now}
             for platform, account in sorted(ctx.plan.platforms.items()) for i, text in enumerate(texts)]
-    with ctx.store.engine.begin() as conn:
+    with ctx.store.write() as conn:
         ctx.store.insert_ignore(conn, t.publications, rows)
 
 
@@ -211,6 +211,6 @@ def collect_engagement(ctx: PlanContext, sources: dict[str, MetricsSource], now:
             for name, value in (values or {}).items():
                 summary.totals[f"{platform}/{name}"] = summary.totals.get(f"{platform}/{name}", 0) + int(value)
     if records:
-        with ctx.store.engine.begin() as conn:
+        with ctx.store.write() as conn:
             ctx.store.insert_ignore(conn, t.engagement, records)
     return summary
