@@ -113,11 +113,17 @@ def _payload(text: str | None) -> dict | None:  # type: ignore[type-arg]
 @PROJECT_DIR
 def run(campaign: str, live: bool, occurrence: str | None, payload: str | None, force_resend: bool,
         project_dir: Path | None) -> None:
-    """Run a campaign's stages through Dagster (the run shows in the UI)."""
+    """Run a campaign's (or a posting plan's) stages through Dagster (the run shows in the UI)."""
     from .console import print_outcome, progress_bar
     from .runs import run_campaign
 
     project = _load(project_dir)
+    if campaign in project.posting_plans:  # `run` takes posting plans too: drafts, selection, publishing
+        from .runs import run_posting_plan
+
+        outcome = run_posting_plan(project, campaign, occurrence=occurrence)
+        print_outcome(outcome)
+        sys.exit(EXIT_OK if outcome.success else EXIT_INVALID)
     _campaign_or_usage_error(project, campaign)
     try:
         with progress_bar() as progress:

@@ -149,3 +149,11 @@ def test_engagement_sensor_requests_a_run_when_a_checkpoint_is_due(world) -> Non
         asset_selection=request.asset_selection)
     assert result.success
     assert {r["checkpoint"] for r in _rows(world, t.engagement)} == {"1h"}
+
+
+def test_run_command_takes_a_posting_plan(world) -> None:  # type: ignore[no-untyped-def]
+    result = CliRunner().invoke(main, ["run", "weekly_ai_tips", "--occurrence", DAY, "--project-dir", str(world.root)],
+                                env={"DAGSTER_HOME": str(world.root / ".dagster_home")}, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "succeeded" in result.output
+    assert len(world.sandbox.x.posts) == 1
