@@ -46,6 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--campaigns", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--plans", type=int, default=0, help="also generate N posting plans (issue target: 1,000 + 1,000)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         configs = Path(tmp) / "configs" / "campaigns"
@@ -53,6 +54,17 @@ def main() -> None:
         shutil.copy(REPO / "configs" / "campaignflow.yaml", configs.parent)
         for i in range(args.campaigns):
             (configs / f"c{i:05d}.yaml").write_text(campaign(i), encoding="utf-8")
+        if args.plans:
+            shutil.copytree(REPO / "configs" / "personas", configs.parent / "personas")
+            plans = configs.parent / "posting_plans"
+            plans.mkdir()
+            for i in range(args.plans):
+                days = ["mon", "tue", "wed", "thu", "fri"][i % 5]
+                (plans / f"p{i:05d}.yaml").write_text(
+                    f"apiVersion: campaignflow/v1\nkind: PostingPlan\nname: plan_{i:05d}\nstatus: active\n"
+                    f"persona: dev_influencer\nbrief: 팁 {i}\nplatforms:\n  x: {{account: brand}}\n"
+                    f"  threads: {{account: brand}}\nvariants: 5\nschedule:\n  recurring: {{frequency: weekly, "
+                    f"daysOfWeek: [{days}], time: \"1{i % 10}:00\"}}\ncredits: {{team: growth}}\n", encoding="utf-8")
         env = {**os.environ, "CAMPAIGNFLOW_PROJECT_DIR": tmp}
         cache = Path(tmp) / ".campaignflow" / "cache"
         cold, warm, builds, snaps = [], [], [], []
@@ -67,7 +79,7 @@ def main() -> None:
                 if bucket is warm:
                     builds.append(float(build))
                     snaps.append(float(snap))
-    print(f"{args.campaigns} campaigns -> {assets} assets, {schedules} schedules")
+    print(f"{args.campaigns} campaigns + {args.plans} posting plans -> {assets} assets, {schedules} schedules")
     print(f"load in a fresh process, unchanged files (validation cache warm, Dagster's usual reload): "
           f"median {statistics.median(warm):.2f} s over {args.runs} runs (min {min(warm):.2f}, max {max(warm):.2f})")
     print(f"  of which import + validate + build Definitions: median {statistics.median(builds):.2f} s; "

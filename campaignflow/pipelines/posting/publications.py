@@ -18,7 +18,6 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from ...resources.gemini import compose_posts
 from ...resources.social import (
     OutcomeUnknown, PermanentError, RateLimited, RetryableError, SocialError, next_retry_at,
 )
@@ -66,6 +65,8 @@ def _update(store: StateStore, row_id: int, **values: Any) -> None:
 
 def _queue(ctx: PlanContext, chosen: StoredVariant) -> None:
     """Ledger rows for every part on every platform (idempotent: a re-run finds them)."""
+    from ...resources.gemini import compose_posts  # the google-genai SDK is heavy: not at definitions load
+
     texts = compose_posts(chosen.parts, append=ctx.plan.append, numbering=ctx.plan.thread_numbering)
     now = utcnow()
     rows = [{"plan": ctx.plan.name, "occurrence": ctx.occurrence, "platform": platform, "account": account, "part": i,
