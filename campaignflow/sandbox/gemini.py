@@ -56,7 +56,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, get_args
+from typing import Any
 
 import jsonschema
 from starlette.applications import Starlette
@@ -66,7 +66,8 @@ from starlette.routing import Route
 
 from campaignflow.textlimits import X_MAX_WEIGHTED, x_weighted_length
 
-from .solapi import FaultKind, _DroppedConnection
+from .faults import Fault, FaultInjector, FaultKind
+from .solapi import _DroppedConnection
 
 __all__ = ["API_VERSIONS", "FaultKind", "GeminiCall", "GeminiSandbox"]
 
@@ -105,14 +106,6 @@ class GeminiCall:
     status: int  # the HTTP status answered (200, an error or injected fault; 0: connection dropped at once)
     answer: str | None  # the first candidate's text, when one was produced
     at: float
-
-
-@dataclass
-class _Fault:
-    kind: FaultKind
-    remaining: int
-    path_prefix: str
-    delay: float
 
 
 # -- text ---------------------------------------------------------------------------------
@@ -582,7 +575,7 @@ class GeminiSandbox:
         self._lock = threading.RLock()
         self._sequence = itertools.count(1)
         self._calls: list[GeminiCall] = []
-        self._faults: list[_Fault] = []
+        self._faults = FaultInjector()
         self.routes: list[Route] = [
             Route(f"/{version}/models/{{model}}:generateContent", self._endpoint(version), methods=["POST"],
                   name=f"gemini-{version}-generate-content")  # fmt: skip
@@ -596,7 +589,7 @@ class GeminiSandbox:
         """Forget calls and pending faults (keeps configuration)."""
         with self._lock:
             self._calls = []
-            self._faults = []
+            self._faults.clear()
 
     @property
     def calls(self) -> list[GeminiCall]:
@@ -612,12 +605,7 @@ class GeminiSandbox:
         ``delay`` seconds), ``drop_after_accept`` (generates, then cuts the answer),
         ``drop_before_accept`` (cuts the connection at once).
         """
-        if kind not in get_args(FaultKind):
-            raise ValueError(f"unknown fault kind {kind!r}; expected one of {get_args(FaultKind)}")
-        if times < 1:
-            raise ValueError("times must be at least 1")
-        with self._lock:
-            self._faults.append(_Fault(kind, times, path_prefix, delay))
+        self._faults.add(kind, times, path_prefix, delay, None)
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -626,16 +614,6 @@ class GeminiSandbox:
             return await self._generate(request, api_version)
 
         return generate_content
-
-    def _take_fault(self, path: str) -> _Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if path.startswith(fault.path_prefix):
-                    fault.remaining -= 1
-                    if fault.remaining == 0:
-                        self._faults.remove(fault)
-                    return fault
-        return None
 
     def _record(self, **fields: Any) -> None:
         with self._lock:
@@ -671,7 +649,7 @@ class GeminiSandbox:
         seen = {"model": model, "api_version": api_version, "path": path, "system_instruction": system,
                 "prompt": prompt, "schema": schema, "generation_config": dict(config)}  # fmt: skip
 
-        fault = self._take_fault(path)
+        fault = self._faults.take(request.method, path)
         if fault is not None and fault.kind in ("http_500", "http_503", "http_429", "drop_before_accept"):
             status = {"http_500": 500, "http_503": 503, "http_429": 429, "drop_before_accept": 0}[fault.kind]
             self._record(status=status, answer=None, **seen)

@@ -50,13 +50,15 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal, get_args
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
+
+from .faults import Fault, FaultInjector, FaultKind
 
 from campaignflow.textlimits import (
     LMS_MAX_BYTES,
@@ -110,7 +112,6 @@ STATUS_MESSAGES = {
 #: Unit prices in KRW per message type (sandbox choice: round, plausible numbers).
 PRICES: dict[str, float] = {"SMS": 20.0, "LMS": 50.0, "MMS": 200.0, "ATA": 13.0, "CTA": 15.0}
 
-FaultKind = Literal["http_500", "http_503", "http_429", "slow", "drop_after_accept", "drop_before_accept"]
 
 _MOBILE_DIGITS = frozenset(string.digits)
 _BASE36 = string.digits + string.ascii_uppercase
@@ -186,14 +187,6 @@ class _DroppedConnection(Response):
         )
         half = self._full[: len(self._full) // 2]
         await send({"type": "http.response.body", "body": half, "more_body": True})
-
-
-@dataclass
-class _Fault:
-    kind: FaultKind
-    remaining: int
-    path_prefix: str
-    delay: float
 
 
 @dataclass(frozen=True)
@@ -275,7 +268,7 @@ class SolapiSandbox:
         self._position: dict[str, int] = {}
         self._groups: dict[str, _Group] = {}
         self._signatures: dict[str, float] = {}
-        self._faults: list[_Fault] = []
+        self._faults = FaultInjector()
         self._requests: list[SeenRequest] = []
 
     def reset(self) -> None:
@@ -325,12 +318,7 @@ class SolapiSandbox:
         ``drop_after_accept`` process the request first: the messages are
         stored, only the answer is late or lost.
         """
-        if kind not in get_args(FaultKind):
-            raise ValueError(f"unknown fault kind {kind!r}; expected one of {get_args(FaultKind)}")
-        if times < 1:
-            raise ValueError("times must be at least 1")
-        with self._lock:
-            self._faults.append(_Fault(kind, times, path_prefix, delay))
+        self._faults.add(kind, times, path_prefix, delay, None)
 
     def complete_deliveries(self) -> int:
         """Deliver every pending message (2000 → 4000, or its configured failure); returns how many."""
@@ -409,22 +397,12 @@ class SolapiSandbox:
             self._requests.append(SeenRequest(request.method, path, signature))
         return None
 
-    def _take_fault(self, path: str) -> _Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if path.startswith(fault.path_prefix):
-                    fault.remaining -= 1
-                    if fault.remaining == 0:
-                        self._faults.remove(fault)
-                    return fault
-        return None
-
-    def _admit(self, request: Request, path: str) -> tuple[Response | None, _Fault | None]:
+    def _admit(self, request: Request, path: str) -> tuple[Response | None, Fault | None]:
         """Authentication, then faults that answer before any processing."""
         refusal = self._authenticate(request, path)
         if refusal is not None:
             return refusal, None
-        fault = self._take_fault(path)
+        fault = self._faults.take(request.method, path)
         if fault is None:
             return None, None
         if fault.kind == "http_500":
@@ -438,7 +416,7 @@ class SolapiSandbox:
         return None, fault  # slow / drop_after_accept act after processing
 
     @staticmethod
-    async def _answer(payload: dict[str, Any], fault: _Fault | None) -> Response:
+    async def _answer(payload: dict[str, Any], fault: Fault | None) -> Response:
         if fault is not None and fault.kind == "slow":
             # asyncio.sleep, not time.sleep: the server keeps answering others meanwhile.
             await asyncio.sleep(fault.delay)

@@ -84,7 +84,8 @@ from starlette.routing import Route
 
 from campaignflow.textlimits import THREADS_MAX_CHARS, THREADS_MAX_LINKS, count_links, threads_length
 
-from .x import DroppedConnection, FaultInjector, FaultKind, SeenRequest, _Fault, derived_metrics, finish
+from .faults import Fault, FaultInjector, FaultKind
+from .x import DroppedConnection, SeenRequest, derived_metrics, finish
 
 __all__ = [
     "CONTAINER_TTL",
@@ -390,7 +391,7 @@ class ThreadsSandbox:
 
     def _admit(
         self, request: Request, params: Mapping[str, str], path: str
-    ) -> tuple[str | None, Response | None, _Fault | None]:
+    ) -> tuple[str | None, Response | None, Fault | None]:
         """Authentication, request log, then faults that answer before any processing."""
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
         token = value.strip() if scheme.lower() in ("bearer", "oauth") else params.get("access_token", "")

@@ -64,7 +64,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal, get_args
+from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
@@ -72,6 +72,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
+
+from .faults import Fault, FaultInjector, FaultKind
 
 from campaignflow.textlimits import X_MAX_WEIGHTED, find_urls, x_weighted_length
 
@@ -110,48 +112,6 @@ _POST_KEY = "POST /2/tweets"
 # Fault injection (shared with the Threads sandbox)
 # ---------------------------------------------------------------------------
 
-FaultKind = Literal["http_500", "http_503", "http_429", "slow", "drop_after_accept", "drop_before_accept"]
-
-
-@dataclass
-class _Fault:
-    kind: FaultKind
-    remaining: int
-    path_prefix: str
-    delay: float
-    method: str | None
-
-
-class FaultInjector:
-    """Faults to apply to the next matching requests, consumed in the order injected."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._faults: list[_Fault] = []
-
-    def add(self, kind: FaultKind, times: int, path_prefix: str, delay: float, method: str | None) -> None:
-        if kind not in get_args(FaultKind):
-            raise ValueError(f"unknown fault kind {kind!r}; expected one of {get_args(FaultKind)}")
-        if times < 1:
-            raise ValueError("times must be at least 1")
-        with self._lock:
-            self._faults.append(_Fault(kind, times, path_prefix, delay, method.upper() if method else None))
-
-    def take(self, method: str, path: str) -> _Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if path.startswith(fault.path_prefix) and fault.method in (None, method.upper()):
-                    fault.remaining -= 1
-                    if fault.remaining == 0:
-                        self._faults.remove(fault)
-                    return fault
-        return None
-
-    def clear(self) -> None:
-        with self._lock:
-            self._faults.clear()
-
-
 class DroppedConnection(Response):
     """Starts ``answer`` (status, headers, full Content-Length), sends half its body, and stops.
 
@@ -170,7 +130,7 @@ class DroppedConnection(Response):
         await send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
 
 
-async def finish(answer: Response, fault: _Fault | None) -> Response:
+async def finish(answer: Response, fault: Fault | None) -> Response:
     """Apply a fault that acts after processing (``slow``, ``drop_after_accept``)."""
     if fault is not None and fault.kind == "slow":
         await asyncio.sleep(fault.delay)  # the server keeps answering others meanwhile
@@ -502,7 +462,7 @@ class XSandbox:
                 return None, _problem(401, "Unauthorized", "Unauthorized")
         return entry[0], None
 
-    def _admit(self, request: Request, path: str, key: str) -> tuple[str | None, Response | None, _Fault | None]:
+    def _admit(self, request: Request, path: str, key: str) -> tuple[str | None, Response | None, Fault | None]:
         """Authentication, request log, then faults that answer before any processing."""
         user, refusal = self._authenticate(request)
         with self._lock:
