@@ -99,6 +99,11 @@ def _digits(raw: object) -> tuple[str | None, str | None]:
     return digits, None
 
 
+# The shape most stored numbers already have (ASCII digits, optional dashes): no Unicode
+# normalisation needed, same answer as the general path.
+_COMMON: Final = re.compile(r"(01[016789])-?([0-9]{3,4})-?([0-9]{4})")
+
+
 def normalize_phone(raw: object) -> str | None:
     """The canonical ``01XNNNNNNNN`` digits of a Korean mobile number, else ``None``.
 
@@ -108,6 +113,9 @@ def normalize_phone(raw: object) -> str | None:
     leading ``0`` was lost (``1012345678`` gives ``01012345678``).  Idempotent:
     ``normalize_phone(normalize_phone(x)) == normalize_phone(x)`` when not ``None``.
     """
+    if type(raw) is str and (common := _COMMON.fullmatch(raw)) is not None:
+        digits = "".join(common.groups())
+        return digits if _MOBILE.fullmatch(digits) else None
     digits, _ = _digits(raw)
     if digits is not None and _MOBILE.fullmatch(digits):
         return digits

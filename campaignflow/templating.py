@@ -78,8 +78,38 @@ def compile_template(source: str):  # type: ignore[no-untyped-def]
     return environment().from_string(source)
 
 
+@cache
+def _plain_parts(source: str) -> tuple[tuple[bool, str], ...] | None:
+    """A template that is only text and `{{ name }}` outputs, as (is_name, text or name) parts.
+
+    Most message templates are just that; joining their parts gives exactly what Jinja renders
+    (`str()` of each value, autoescape off) at a fraction of the cost of a Jinja context per
+    recipient. Anything else (filters, tags, attributes, expressions) returns None: Jinja renders it.
+    """
+    parts: list[tuple[bool, str]] = []
+    try:
+        tree = environment().parse(source)
+    except TemplateSyntaxError:
+        return None  # Jinja raises it when rendering, as before
+    for stmt in tree.body:
+        if not isinstance(stmt, nodes.Output):
+            return None
+        for child in stmt.nodes:
+            if isinstance(child, nodes.TemplateData):
+                parts.append((False, child.data))
+            elif isinstance(child, nodes.Name) and child.ctx == "load":
+                parts.append((True, child.name))
+            else:
+                return None
+    return tuple(parts)
+
+
 def render(source: str, values: dict[str, object]) -> str:
     """Render and trim: YAML block scalars end with a newline that is not part of the message."""
+    parts = _plain_parts(source)
+    if parts is not None and all(name in values for is_name, name in parts if is_name):
+        return "".join([str(values[text]) if is_name else text for is_name, text in parts]).strip()
+    # anything else, and a missing name (StrictUndefined's error, or one of Jinja's globals)
     return compile_template(source).render(values).strip()
 
 

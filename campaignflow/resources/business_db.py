@@ -660,8 +660,9 @@ class BusinessDatabase:
             result: sa.CursorResult[Any] | None = None
             try:
                 result = conn.execute(statement.execution_options(yield_per=self.chunk_size), values)
-                for part in result.mappings().partitions(self.chunk_size):
-                    yield [dict(row) for row in part]
+                keys = list(result.keys())
+                for part in result.partitions(self.chunk_size):
+                    yield [dict(zip(keys, row)) for row in part]
             except sa.exc.SQLAlchemyError as error:
                 raise self._error("query", error) from None
             finally:
@@ -728,17 +729,17 @@ class BusinessDatabase:
                 try:
                     result = conn.execute(statement, {**values, "keys": batch})
                     columns = list(result.keys())
-                    rows = result.mappings().all()
+                    rows = result.all()
                 except sa.exc.SQLAlchemyError as error:
                     raise self._error("lookup", error) from None
-                column = self._match_column(columns, str(match))
+                position = columns.index(self._match_column(columns, str(match)))
                 for row in rows:
-                    value = row[column]
+                    value = row[position]
                     if value is None:
                         continue
                     key = self._match_key(value, unique, by_text, by_fold)
                     if key not in found:
-                        found[key] = dict(row)
+                        found[key] = dict(zip(columns, row))
         return found
 
     @staticmethod

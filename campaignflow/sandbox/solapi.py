@@ -43,6 +43,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import random
 import secrets
 import string
 import threading
@@ -249,6 +250,8 @@ class SolapiSandbox:
         self._initial_balance = (balance, point)
         self._lock = threading.RLock()
         self._sequence = itertools.count(1)
+        self._stamp: tuple[int, str] = (-1, "")
+        self._letters = random.Random(secrets.randbits(64))
         self._reset_state()
         self.routes: list[Route] = [
             Route("/messages/v4/send-many/detail", self._send_many, methods=["POST"]),
@@ -341,11 +344,15 @@ class SolapiSandbox:
         return float(self._clock())
 
     def _new_id(self, prefix: str, epoch: float) -> str:
-        # SOLAPI ids look like M4V20180307110044DTYYJBBYLPQZIB1 (32 chars).
-        stamp = datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y%m%d%H%M%S")
+        # SOLAPI ids look like M4V20180307110044DTYYJBBYLPQZIB1 (32 chars). The sequence makes
+        # them unique; the letters only need to look random (a simulator, not a secret: no
+        # urandom per character, ten thousand ids per request).
+        second = int(epoch)
+        if second != self._stamp[0]:
+            self._stamp = (second, datetime.fromtimestamp(second, tz=timezone.utc).strftime("%Y%m%d%H%M%S"))
         seq = next(self._sequence)
-        tail = "".join(secrets.choice(string.ascii_uppercase) for _ in range(9))
-        return f"{prefix}{stamp}{_base36(seq):0>6}{tail}"
+        tail = "".join(self._letters.choices(string.ascii_uppercase, k=9))
+        return f"{prefix}{self._stamp[1]}{_base36(seq):0>6}{tail}"
 
     @staticmethod
     def _summary(stored: _Stored) -> dict[str, Any]:
@@ -501,7 +508,7 @@ class SolapiSandbox:
                 "country": str(source.get("country") or "82"),
                 "text": source.get("text"),
                 "subject": source.get("subject"),
-                "customFields": copy.deepcopy(source.get("customFields") or {}),
+                "customFields": dict(source.get("customFields") or {}),  # str -> str (checked at intake)
                 "kakaoOptions": copy.deepcopy(source.get("kakaoOptions")),
                 "statusCode": code,
                 "statusMessage": status_message,

@@ -50,6 +50,8 @@ MIGRATE_LOCK_TIMEOUT_S = 300
 _PG_LOCK_KEY = int.from_bytes(hashlib.sha256(b"campaignflow.state.migrate").digest()[:8], "big", signed=True)
 _MYSQL_TEXT_MAX_BYTES = 65_535  # TEXT; longer values fail (strict) or are truncated (INSERT IGNORE)
 
+_UNPREPARED: Any = object()
+
 _DIALECTS = {"sqlite": "sqlite", "postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
 
 
@@ -82,6 +84,7 @@ class StateStore:
         else:
             self._engine = sa.create_engine(parsed, pool_pre_ping=True)
         self._insert_cache: dict[sa.Table, tuple[Any, _RowRules]] = {}
+        self._prepared: dict[tuple[Any, tuple[str, ...]], _Prepared | None] = {}
 
     def __repr__(self) -> str:
         return f"StateStore({self._url.render_as_string(hide_password=True)!r})"
@@ -211,10 +214,38 @@ class StateStore:
         statement, rules = cached
         rules.check(rows)
         params = rows if isinstance(rows, list) else list(rows)
-        result = conn.execute(statement, params)
         if self._dialect == "postgresql":
-            return len(result.all())
-        count = result.rowcount
+            return len(conn.execute(statement, params).all())
+        return self.execute_many(conn, statement, params)
+
+    def execute_many(self, conn: Connection, statement: Any, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Run one INSERT/UPDATE/DELETE for each of ``rows`` (bind name -> value), in the caller's
+        transaction; returns the affected-row count (-1 when the driver does not say).
+
+        The same as ``conn.execute(statement, rows)``, faster for large batches on SQLite and
+        MySQL: the statement is compiled once per set of keys, values go through the column
+        types' bind processors (each distinct object once per batch: a batch shares its
+        timestamps), and the driver's ``executemany`` gets plain tuples. PostgreSQL keeps
+        SQLAlchemy's own path (insertmanyvalues / execute_values pack rows into few statements).
+        """
+        if not rows:
+            return 0
+        if self._dialect == "postgresql":
+            count = conn.execute(statement, list(rows)).rowcount
+        else:
+            keys = tuple(rows[0].keys())
+            cache_key = (statement, keys)
+            prepared = self._prepared.get(cache_key, _UNPREPARED)
+            if prepared is _UNPREPARED:
+                try:
+                    prepared = _Prepared(statement, keys, self._engine.dialect)
+                except _NotPreparable:
+                    prepared = None
+                self._prepared[cache_key] = prepared
+            if prepared is None:
+                count = conn.execute(statement, list(rows)).rowcount
+            else:
+                count = conn.exec_driver_sql(prepared.sql, prepared.parameters(rows)).rowcount
         return count if isinstance(count, int) and count >= 0 else -1
 
     def _insert_statement(self, table: sa.Table) -> Any:
@@ -231,6 +262,67 @@ class StateStore:
     def dispose(self) -> None:
         """Close every pooled connection (the store can still be used; it reconnects)."""
         self._engine.dispose()
+
+
+class _NotPreparable(Exception):
+    """The statement needs SQLAlchemy's own execution (a callable or SQL column default)."""
+
+
+def _scalar_default(statement: Any, name: str) -> Any:
+    """The Python-side scalar default of column ``name`` of an INSERT's table, else None."""
+    table = getattr(statement, "table", None)
+    column = table.c.get(name) if table is not None else None
+    default = column.default if column is not None else None
+    return default.arg if default is not None and default.is_scalar else None
+
+
+class _Prepared:
+    """A statement compiled once to the driver's SQL, and how to turn row dicts into its tuples."""
+
+    def __init__(self, statement: Any, keys: tuple[str, ...], dialect: sa.Dialect) -> None:
+        compiler_dialect = dialect
+        if not dialect.positional:  # PyMySQL's default is pyformat; it takes %s as well
+            compiler_dialect = type(dialect)(paramstyle="format")
+            compiler_dialect.server_version_info = dialect.server_version_info
+        compiled = statement.compile(dialect=compiler_dialect, column_keys=list(keys))
+        if compiled.positiontup is None:
+            raise _NotPreparable("no positional parameter style")
+        self.sql: str = compiled.string
+        self.slots: list[tuple[str | None, Any, Any]] = []  # (row key, bind processor, constant)
+        for name in compiled.positiontup:
+            bind = compiled.binds[name]
+            processor = bind.type._cached_bind_processor(dialect)
+            if name in keys:
+                self.slots.append((name, processor, None))
+            elif bind.value is not None or bind.callable is not None:  # a literal of the statement
+                value = bind.effective_value
+                self.slots.append((None, None, processor(value) if processor else value))
+            else:
+                default = _scalar_default(statement, name)
+                if default is None:
+                    raise _NotPreparable(name)
+                self.slots.append((None, None, processor(default) if processor else default))
+
+    def parameters(self, rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+        columns: list[Any] = []
+        for key, processor, constant in self.slots:
+            if key is None:
+                columns.append((constant,) * len(rows))
+            elif processor is None:
+                columns.append([row[key] for row in rows])
+            else:
+                seen: dict[int, Any] = {}  # rows of a batch share objects (timestamps): process each once
+
+                def process(value: Any, seen: dict[int, Any] = seen, processor: Any = processor) -> Any:
+                    if value is None:
+                        return None
+                    found = seen.get(id(value), seen)
+                    if found is seen:
+                        found = seen[id(value)] = processor(value)
+                    return found
+
+                columns.append([process(row[key]) for row in rows])
+        return list(zip(*columns))
 
 
 class _RowRules:
@@ -254,36 +346,36 @@ class _RowRules:
                 self.max_bytes.append((column.key, _MYSQL_TEXT_MAX_BYTES))
 
     def check(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        # Column-wise passes that only look for the offending row once something is wrong:
+        # this runs on every bulk insert, a million rows at a time.
         name = self.table.name
         keys = rows[0].keys()
         unknown = set(keys) - self.columns
         if unknown:
             raise ValueError(f"{name}: no such column(s): {', '.join(sorted(unknown))}")
-        for index, row in enumerate(rows):
-            if row.keys() != keys:
-                raise ValueError(
-                    f"{name}: row {index} has keys {sorted(row.keys())}, row 0 has {sorted(keys)}; "
-                    "every row of a batch must have the same keys"
-                )
+        if any(row.keys() != keys for row in rows):
+            index, row = next((i, r) for i, r in enumerate(rows) if r.keys() != keys)
+            raise ValueError(
+                f"{name}: row {index} has keys {sorted(row.keys())}, row 0 has {sorted(keys)}; "
+                "every row of a batch must have the same keys"
+            )
         for key in self.required:
             if key not in keys:
                 raise ValueError(f"{name}: column {key!r} is required")
-            for index, row in enumerate(rows):
-                if row[key] is None:
-                    raise ValueError(f"{name}: row {index}: column {key!r} must not be None")
+            if any(row[key] is None for row in rows):
+                index = next(i for i, r in enumerate(rows) if r[key] is None)
+                raise ValueError(f"{name}: row {index}: column {key!r} must not be None")
         for key, limit in self.max_chars:
-            if key not in keys:
-                continue
-            for index, row in enumerate(rows):
-                value = row[key]
-                if isinstance(value, str) and len(value) > limit:
-                    raise ValueError(f"{name}: row {index}: {key!r} is {len(value)} characters, more than {limit}")
+            if key in keys and max((len(v) for r in rows if isinstance(v := r[key], str)), default=0) > limit:
+                index, value = next((i, r[key]) for i, r in enumerate(rows)
+                                    if isinstance(r[key], str) and len(r[key]) > limit)
+                raise ValueError(f"{name}: row {index}: {key!r} is {len(value)} characters, more than {limit}")
         for key, limit in self.max_bytes:
             if key not in keys:
                 continue
+            # Cheap bound first: a str never takes more than 4 UTF-8 bytes per character.
             for index, row in enumerate(rows):
                 value = row[key]
-                # Cheap bound first: a str never takes more than 4 UTF-8 bytes per character.
                 if isinstance(value, str) and len(value) * 4 > limit and len(value.encode("utf-8")) > limit:
                     raise ValueError(f"{name}: row {index}: {key!r} is over {limit} UTF-8 bytes (MySQL TEXT)")
 

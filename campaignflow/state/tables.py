@@ -88,9 +88,7 @@ audience_members = Table(
     Column("reason", String(255)),
     Column("data", Text, nullable=False),                    # JSON of the row's columns
     Column("created_at", UtcDateTime(), nullable=False),
-    Index(None, "campaign", "occurrence", "id"),
-    Index(None, "campaign", "occurrence", "recipient_key"),
-    Index(None, "campaign", "occurrence", "phone"),
+    Index(None, "campaign", "occurrence", "id"),  # the only index: every one costs a write per row (0004)
 )
 
 # The delivery ledger. One row per (campaign, occurrence, recipient) — ever. Written before the
@@ -122,10 +120,10 @@ deliveries = Table(
     Column("sent_at", UtcDateTime()),
     Column("final_at", UtcDateTime()),                       # delivered/failed report from the carrier
     UniqueConstraint("campaign", "occurrence", "recipient_key"),
-    Index(None, "campaign", "occurrence", "status", "id"),
-    Index(None, "phone", "sent_at"),
+    # Only what queries need (0004): a status update must not move the row in any index.
+    Index(None, "campaign", "occurrence", "id"),
+    Index(None, "phone"),
     Index(None, "provider_message_id"),
-    Index(None, "batch_id"),
 )
 
 # -- webhooks ---------------------------------------------------------------------------------

@@ -208,3 +208,13 @@ def test_redact_hides_numbers_in_text(digits: str, before: str, after: str) -> N
         text = redact_phones(f"{before} {shown} {after}")
         assert digits not in text and dashed not in text
         assert mask_phone(digits) in text
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="0123456789-", min_size=9, max_size=14))
+def test_common_shape_shortcut_agrees_with_the_general_rules(raw: str) -> None:
+    from campaignflow import phones
+
+    digits, _ = phones._digits(raw)  # the general path, without the shortcut
+    expected = digits if digits is not None and phones._MOBILE.fullmatch(digits) else None
+    assert normalize_phone(raw) == expected

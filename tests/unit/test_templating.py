@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jinja2.exceptions import SecurityError, UndefinedError
 
 from campaignflow import templating
@@ -46,3 +50,29 @@ def test_alimtalk_placeholders_and_fill() -> None:
     text = "#{회사명}님, 리뷰 #{리뷰수}개. #{회사명} 감사합니다"
     assert templating.alimtalk_placeholders(text) == ["#{회사명}", "#{리뷰수}"]
     assert templating.fill_alimtalk(text, {"#{회사명}": "에이스", "#{리뷰수}": "3"}) == "에이스님, 리뷰 3개. 에이스 감사합니다"
+
+
+_NAMES = ("name", "count", "company", "none", "decimal")
+_VALUES = {"name": "홍길동", "count": 3, "company": "A&B <주>", "none": None, "decimal": Decimal("12.50")}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(_NAMES).map(lambda n: "{{ %s }}" % n),
+                          st.text(alphabet="가나 \n{}%#-ab.", max_size=8)), max_size=8))
+def test_plain_templates_render_exactly_like_jinja(pieces: list[str]) -> None:
+    # the shortcut for text + {{ name }} templates must give Jinja's output, or defer to Jinja
+    source = "".join(pieces)
+    try:
+        expected = templating.compile_template(source).render(_VALUES).strip()
+    except Exception as exc:  # a syntax error, say: the shortcut must fail the same way
+        with pytest.raises(type(exc)):
+            templating.render(source, _VALUES)
+        return
+    assert templating.render(source, _VALUES) == expected
+
+
+def test_plain_template_with_a_missing_name_is_still_strict() -> None:
+    assert templating._plain_parts("{{ a }}님 {{ b }}") is not None
+    with pytest.raises(UndefinedError):
+        templating.render("{{ a }}님 {{ b }}", {"a": 1})
+    assert templating._plain_parts("{{ a | upper }}") is None  # filters: Jinja renders

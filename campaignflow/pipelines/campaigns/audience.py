@@ -20,6 +20,7 @@ from ...state.store import utcnow
 from .context import RunContext
 
 STATUSES = ("ok", "invalid_phone", "missing_key", "duplicate_key", "duplicate_phone")
+_to_json = json.JSONEncoder(ensure_ascii=False, default=str).encode  # one encoder for a million rows
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,10 @@ def _member(ctx: RunContext, row: dict[str, Any], key_col: str | None, phone_col
         status, reason, recipient = "ok", None, str(key)
     return {"campaign": ctx.campaign.name, "occurrence": ctx.occurrence.key, "recipient_key": recipient[:255],
             "phone": phone, "status": status, "reason": reason,
-            "data": json.dumps(row, ensure_ascii=False, default=str), "created_at": now}
+            "data": _to_json(row), "created_at": now}
+
+
+_INSERT_MEMBER = sa.insert(t.audience_members)
 
 
 def _mark_duplicates(conn: sa.Connection, campaign: str, occurrence: str) -> None:
@@ -98,7 +102,7 @@ def select_audience(ctx: RunContext) -> AudienceSummary:
                 phone_col = _column(chunk[0], ctx.campaign.audience.phone)
             now = utcnow()
             members = [_member(ctx, row, key_col, phone_col, selected + i, now) for i, row in enumerate(chunk)]
-            conn.execute(sa.insert(m), members)
+            ctx.store.execute_many(conn, _INSERT_MEMBER, members)
             selected += len(members)
             ctx.progress("audience", selected, 0)
         _mark_duplicates(conn, name, occ)
@@ -119,8 +123,8 @@ def iter_members(ctx: RunContext, chunk_size: int, statuses: Iterable[str] = ("o
                 sa.select(m.c.id, m.c.recipient_key, m.c.phone, m.c.data)
                 .where(m.c.campaign == ctx.campaign.name, m.c.occurrence == ctx.occurrence.key,
                        m.c.status.in_(wanted), m.c.id > last)
-                .order_by(m.c.id).limit(chunk_size)).mappings().all()
+                .order_by(m.c.id).limit(chunk_size)).all()
         if not rows:
             return
-        last = rows[-1]["id"]
-        yield [dict(r) for r in rows]
+        last = rows[-1][0]
+        yield [{"id": i, "recipient_key": key, "phone": phone, "data": data} for i, key, phone, data in rows]

@@ -21,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -71,7 +72,12 @@ def _scope(ctx: RunContext) -> Any:
 
 
 def _price(ctx: RunContext, message_type: str | None) -> Decimal:
-    return Decimal(str(ctx.settings.solapi.prices.get(message_type or "", 0)))
+    return _decimal(ctx.settings.solapi.prices.get(message_type or "", 0))
+
+
+@lru_cache(maxsize=64)
+def _decimal(value: float | int | str) -> Decimal:
+    return Decimal(str(value))
 
 
 # -- simulate ----------------------------------------------------------------------------
@@ -106,7 +112,7 @@ _SET_MESSAGE_ID = sa.update(t.deliveries).where(t.deliveries.c.id == sa.bindpara
 _SHARED = ("status", "status_code", "status_message", "group_id", "reason", "cost", "sent_at", "final_at", "updated_at")
 
 
-def _settle(conn: sa.Connection, outcomes: list[dict[str, Any]]) -> None:
+def _settle(ctx: RunContext, conn: sa.Connection, outcomes: list[dict[str, Any]]) -> None:
     """Write many outcomes with as few statements as possible.
 
     Most of a batch shares everything but SOLAPI's message id (accepted, same group, same
@@ -122,12 +128,11 @@ def _settle(conn: sa.Connection, outcomes: list[dict[str, Any]]) -> None:
         if len(members) < 50:
             rest.extend(members)
             continue
-        ids = [m["b_id"] for m in members]
-        for start in range(0, len(ids), 900):  # stay under SQLite's bound-parameter limit
-            conn.execute(sa.update(d).where(d.c.id.in_(ids[start:start + 900])).values(dict(zip(_SHARED, shared))))
-        conn.execute(_SET_MESSAGE_ID, [{"b_id": m["b_id"], "provider_message_id": m["provider_message_id"]} for m in members])
+        conn.execute(sa.update(d).where(_ids_in(m["b_id"] for m in members)).values(dict(zip(_SHARED, shared))))
+        ctx.store.execute_many(conn, _SET_MESSAGE_ID, [{"b_id": m["b_id"], "provider_message_id": m["provider_message_id"]}
+                                                       for m in members])
     if rest:
-        conn.execute(_SETTLE, rest)
+        ctx.store.execute_many(conn, _SETTLE, rest)
 
 
 def reconcile_pending(ctx: RunContext, sender: Sender, summary: DeliverySummary) -> None:
@@ -164,7 +169,7 @@ def reconcile_pending(ctx: RunContext, sender: Sender, summary: DeliverySummary)
                 conn.execute(sa.update(d).where(d.c.id == row["id"], d.c.status == "pending")
                              .values(status="ready", batch_id=None, updated_at=now))
                 summary.requeued += 1
-        _settle(conn, settled)
+        _settle(ctx, conn, settled)
 
 
 # -- policy ------------------------------------------------------------------------------
@@ -222,24 +227,45 @@ def _block(conn: sa.Connection, ids: list[int], reason: str, summary: DeliverySu
     if not ids:
         return
     d = t.deliveries
-    conn.execute(sa.update(d).where(d.c.id.in_(ids), d.c.status == "ready")
+    conn.execute(sa.update(d).where(_ids_in(ids), d.c.status == "ready")
                  .values(status="blocked", reason=reason, updated_at=utcnow()))
     summary.blocked += len(ids)
     summary.failures[reason] = summary.failures.get(reason, 0) + len(ids)
 
 
 # -- send --------------------------------------------------------------------------------
-def _claim(ctx: RunContext, batch_size: int, summary: DeliverySummary) -> tuple[str, list[dict[str, Any]]]:
-    """Move the next `ready` rows to `pending` under a new batch id, applying policy first."""
+@dataclass
+class _Claim:
+    batch_id: str
+    rows: list[dict[str, Any]]  # claimed (pending) rows, id order
+    last_id: int | None  # the highest id looked at (claimed or blocked): where the next claim starts
+
+
+def _ids_in(ids: Any) -> Any:
+    """`deliveries.id IN (...)` with the ids written out: they are integers from the ledger, and
+    ten thousand bound parameters cost more to build than the query costs to run."""
+    return sa.text("deliveries.id IN (%s)" % ",".join(str(int(i)) for i in ids))
+
+
+def _in_batch(ctx: RunContext, batch_id: str, rows: list[dict[str, Any]]) -> Any:
+    """A claimed batch's rows: an id range of the occurrence (indexed) with the batch's id."""
+    d = t.deliveries
+    return sa.and_(_scope(ctx), d.c.id.between(rows[0]["id"], rows[-1]["id"]), d.c.batch_id == batch_id)
+
+
+def _claim(ctx: RunContext, batch_size: int, summary: DeliverySummary, after: int) -> _Claim:
+    """Move the next `ready` rows (ids above `after`) to `pending` under a new batch id, policy first."""
     d = t.deliveries
     batch_id = uuid.uuid4().hex
     now = utcnow()
     with ctx.store.write() as conn:
-        rows = [dict(r) for r in conn.execute(
-            sa.select(d.c.id, d.c.phone, d.c.message_type, d.c.text, d.c.subject, d.c.kakao)
-            .where(_scope(ctx), d.c.status == "ready").order_by(d.c.id).limit(batch_size)).mappings()]
+        rows = [{"id": i, "phone": phone, "message_type": type_, "text": text, "subject": subject, "kakao": kakao}
+                for i, phone, type_, text, subject, kakao in conn.execute(
+                    sa.select(d.c.id, d.c.phone, d.c.message_type, d.c.text, d.c.subject, d.c.kakao)
+                    .where(_scope(ctx), d.c.id > after, d.c.status == "ready").order_by(d.c.id).limit(batch_size))]
         if not rows:
-            return batch_id, []
+            return _Claim(batch_id, [], None)
+        last_id = int(rows[-1]["id"])
         capped = _apply_frequency_cap(ctx, conn, rows, now)
         _block(conn, sorted(capped), "frequency_cap", summary)
         rows = [r for r in rows if r["id"] not in capped]
@@ -256,13 +282,20 @@ def _claim(ctx: RunContext, batch_size: int, summary: DeliverySummary) -> tuple[
             spend += price
         _block(conn, over, "budget", summary)
         if allowed:
-            # The `status == ready` guard makes two concurrent runs claim disjoint rows.
-            conn.execute(sa.update(d).where(d.c.id.in_([r["id"] for r in allowed]), d.c.status == "ready")
+            # The `status == ready` guard makes two concurrent runs claim disjoint rows. Without
+            # policy blocks the batch is every ready row of its id range: claim the range.
+            which = (d.c.id.between(allowed[0]["id"], allowed[-1]["id"]) if len(allowed) == len(rows)
+                     else _ids_in(r["id"] for r in allowed))
+            conn.execute(sa.update(d).where(_scope(ctx), which, d.c.status == "ready")
                          .values(status="pending", batch_id=batch_id, claimed_at=now, updated_at=now,
                                  attempts=d.c.attempts + 1))
-            claimed = {r[0] for r in conn.execute(sa.select(d.c.id).where(d.c.batch_id == batch_id, d.c.status == "pending"))}
+            claimed = {r[0] for r in conn.execute(sa.select(d.c.id).where(_in_batch(ctx, batch_id, allowed),
+                                                                            d.c.status == "pending"))}
+            extra = claimed - {r["id"] for r in allowed}  # became ready meanwhile (another run released it)
+            if extra:
+                conn.execute(sa.update(d).where(_ids_in(extra)).values(status="ready", batch_id=None))
             allowed = [r for r in allowed if r["id"] in claimed]
-    return batch_id, allowed
+    return _Claim(batch_id, allowed, last_id)
 
 
 def _solapi_message(ctx: RunContext, row: dict[str, Any]) -> dict[str, Any]:
@@ -296,23 +329,23 @@ def _record(ctx: RunContext, rows: list[dict[str, Any]], result: SendManyResult,
         else:
             summary.sent += 1
     with ctx.store.write() as conn:
-        _settle(conn, settled)
+        _settle(ctx, conn, settled)
     return failed
 
 
-def _release(ctx: RunContext, batch_id: str) -> None:
+def _release(ctx: RunContext, flight: _Flight) -> None:
     """SOLAPI answered with an error for the whole request: nothing was accepted, rows are sendable."""
     d = t.deliveries
     with ctx.store.write() as conn:
-        conn.execute(sa.update(d).where(d.c.batch_id == batch_id, d.c.status == "pending")
+        conn.execute(sa.update(d).where(_in_batch(ctx, flight.batch_id, flight.rows), d.c.status == "pending")
                      .values(status="ready", batch_id=None, updated_at=utcnow()))
 
 
-def _fail_batch(ctx: RunContext, batch_id: str, error: SolapiRequestError, summary: DeliverySummary) -> None:
+def _fail_batch(ctx: RunContext, flight: _Flight, error: SolapiRequestError, summary: DeliverySummary) -> None:
     """A permanent request error (bad sender, bad key): record it on every row of the batch."""
     d = t.deliveries
     with ctx.store.write() as conn:
-        n = conn.execute(sa.update(d).where(d.c.batch_id == batch_id, d.c.status == "pending").values(
+        n = conn.execute(sa.update(d).where(_in_batch(ctx, flight.batch_id, flight.rows), d.c.status == "pending").values(
             status="failed", reason=error.error_code[:64] or str(error.status), status_code=str(error.status),
             status_message=error.error_message[:500], cost=Decimal(0), updated_at=utcnow())).rowcount
     summary.failed += n
@@ -367,17 +400,22 @@ def deliver(ctx: RunContext, sender: Sender | None, *, live: bool, force_resend:
     progress = _Progress(ctx, _total_ready(ctx))
     flights: deque[_Flight] = deque()
     exhausted = False
+    cursor = 0  # claims walk the ledger in id order; back to the start when rows may have become ready again
     with ThreadPoolExecutor(max_workers=max(1, in_flight), thread_name_prefix="solapi") as pool:
         try:
             while True:
                 while not exhausted and len(flights) < max(1, in_flight):
-                    batch_id, rows = _claim(ctx, batch_size, summary)
-                    if rows:
+                    claim = _claim(ctx, batch_size, summary, after=cursor)
+                    if claim.last_id is not None:
+                        cursor = claim.last_id
+                    if claim.rows:
                         summary.batches += 1
-                        messages = [_solapi_message(ctx, r) for r in rows]
-                        flights.append(_Flight(batch_id, rows, pool.submit(sender.send_many, messages)))
-                    elif _total_ready(ctx) == 0:
-                        exhausted = True  # (an empty claim with rows left means policy blocked a whole batch)
+                        messages = [_solapi_message(ctx, r) for r in claim.rows]
+                        flights.append(_Flight(claim.batch_id, claim.rows, pool.submit(sender.send_many, messages)))
+                    elif claim.last_id is None:
+                        # nothing ready past the cursor; rows behind it are only ready again after a reconcile
+                        exhausted = cursor == 0 or _total_ready(ctx) == 0
+                        cursor = 0
                 if not flights:
                     break
                 if _land(ctx, flights.popleft(), summary, progress):
@@ -386,6 +424,8 @@ def deliver(ctx: RunContext, sender: Sender | None, *, live: bool, force_resend:
                     while flights:
                         _land(ctx, flights.popleft(), summary, progress)
                     reconcile_pending(ctx, sender, summary)
+                    cursor = 0
+                    exhausted = False
         except DeliveryStopped:
             while flights:  # what SOLAPI already accepted must reach the ledger before the run stops
                 try:
@@ -418,10 +458,10 @@ def _land(ctx: RunContext, flight: _Flight, summary: DeliverySummary, progress: 
         progress.advance(len(rows))
         return True
     except SolapiRetryExhausted as exc:
-        _release(ctx, flight.batch_id)
+        _release(ctx, flight)
         raise DeliveryStopped(f"SOLAPI kept failing ({exc}); {len(rows)} messages stay queued for the next run") from exc
     except SolapiRequestError as exc:
-        _fail_batch(ctx, flight.batch_id, exc, summary)
+        _fail_batch(ctx, flight, exc, summary)
         raise DeliveryStopped(f"SOLAPI refused the request: {exc.error_code} {exc.error_message}") from exc
     failed = _record(ctx, rows, result, summary)
     progress.advance(len(rows))
@@ -429,13 +469,13 @@ def _land(ctx: RunContext, flight: _Flight, summary: DeliverySummary, progress: 
     if failed / len(rows) > ctx.campaign.max_failure_rate:
         raise DeliveryStopped(f"{failed} of {len(rows)} messages in one batch failed permanently (more than "
                               f"{ctx.campaign.max_failure_rate:.0%}); stopping so the cause can be looked at — "
-                              f"the rest stay queued. Example failure: {_example_failure(ctx, flight.batch_id)}")
+                              f"the rest stay queued. Example failure: {_example_failure(ctx, flight)}")
     return bool(result.unmatched_ledger_ids)
 
 
-def _example_failure(ctx: RunContext, batch_id: str) -> str:
+def _example_failure(ctx: RunContext, flight: _Flight) -> str:
     d = t.deliveries
     with ctx.store.engine.connect() as conn:
         row = conn.execute(sa.select(d.c.phone, d.c.status_code, d.c.status_message)
-                           .where(d.c.batch_id == batch_id, d.c.status == "failed").limit(1)).first()
+                           .where(_in_batch(ctx, flight.batch_id, flight.rows), d.c.status == "failed").limit(1)).first()
     return f"{mask_phone(row[0])}: {row[1]} {row[2]}" if row else "n/a"
