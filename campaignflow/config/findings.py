@@ -44,6 +44,7 @@ CODES: dict[str, str] = {
     "S100": "schema violation",
     "N001": "duplicate name",
     "N002": "more than one Settings file",
+    "N003": "occurrence approved twice",
     "R001": "unknown persona",
     "R002": "unknown account",
     "R003": "unknown database",

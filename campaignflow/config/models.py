@@ -278,6 +278,7 @@ class PostingPlan:
     variants: int
     selection: Literal["best_score", "approval"]
     min_score: float | None
+    approved: dict[str, tuple[str, str]]  # occurrence -> (variant id, who), committed in the plan file
     thread_parts: int | None
     thread_numbering: bool
     append: str | None
@@ -301,7 +302,9 @@ class PostingPlan:
             rotation=data.get("rotation", "sequential"),
             platforms={platform: target["account"] for platform, target in data["platforms"].items()},
             variants=data.get("variants", 3), selection=selection.get("mode", "best_score"),
-            min_score=selection.get("minScore"), thread_parts=thread.get("parts"),
+            min_score=selection.get("minScore"),
+            approved={a["occurrence"]: (a["variant"], a["by"]) for a in selection.get("approved") or ()},
+            thread_parts=thread.get("parts"),
             thread_numbering=thread.get("numbering", True), append=data.get("append"), schedule=schedule,
             collect_after=tuple(parse_duration(x) for x in labels), collect_labels=labels,
             team=credits.get("team"), monthly_limit=credits.get("monthlyLimit"), model=data.get("model"),

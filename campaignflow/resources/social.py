@@ -147,16 +147,18 @@ def next_retry_at(error: SocialError, failures: int, now: datetime) -> datetime 
     """When to try again after ``failures`` consecutive retryable failures, or None to stop.
 
     Only :class:`RetryableError` is retried, on :data:`RETRY_SCHEDULE` (1, 5, 15
-    minutes); a :class:`RateLimited` waits at least until its ``reset_at``.
+    minutes); a :class:`RateLimited` with a ``reset_at`` waits exactly until then, whatever
+    the count (one without a reset backs off like any retryable error).
     :class:`OutcomeUnknown` is never retried blindly (reconcile first), and
     :class:`PermanentError` never.
     """
+    if isinstance(error, RateLimited) and error.reset_at is not None:
+        # The platform says when the window opens again; a 429 is not a failure of the post,
+        # so it neither backs off further nor uses up one of the tries.
+        return max(error.reset_at, now)
     if not isinstance(error, RetryableError) or not 1 <= failures <= len(RETRY_SCHEDULE):
         return None
-    when = now + RETRY_SCHEDULE[failures - 1]
-    if isinstance(error, RateLimited) and error.reset_at is not None and error.reset_at > when:
-        when = error.reset_at
-    return when
+    return now + RETRY_SCHEDULE[failures - 1]
 
 
 # ---------------------------------------------------------------------------

@@ -24,10 +24,10 @@ def _run(world: Any, plan: str, stages: tuple[str, ...] = ("drafts", "selected_p
          partition: str = DAY) -> dg.ExecuteInProcessResult:
     defs = build_definitions(world.project())
     job = defs.resolve_job_def("posting_run_daily_asia_seoul")
+    run_config: dict[str, Any] = {"ops": {"posting_plans_daily_asia_seoul": {"config": {"trigger": "manual"}}}}
     return job.execute_in_process(
         instance=world.instance, partition_key=partition, raise_on_error=False,
-        asset_selection=[dg.AssetKey([plan, s]) for s in stages],
-        run_config={"ops": {"posting_plans_daily_asia_seoul": {"config": {"trigger": "manual"}}}})
+        asset_selection=[dg.AssetKey([plan, s]) for s in stages], run_config=run_config)
 
 
 def _rows(world: Any, table: sa.Table, **where: Any) -> list[dict]:
@@ -157,3 +157,49 @@ def test_run_command_takes_a_posting_plan(world) -> None:  # type: ignore[no-unt
     assert result.exit_code == 0, result.output
     assert "succeeded" in result.output
     assert len(world.sandbox.x.posts) == 1
+
+
+def _commit_approval(world: Any, variant: str, occurrence: str = DAY) -> None:
+    plan = world.root / "configs" / "posting_plans" / "founder_thread.yaml"
+    text = plan.read_text(encoding="utf-8")
+    assert "selection: {mode: approval}\n" in text
+    plan.write_text(text.replace("selection: {mode: approval}\n", (
+        "selection:\n  mode: approval\n  approved:\n"
+        f"    - {{occurrence: \"{occurrence}\", variant: {variant}, by: jiyoon@example.com}}\n")), encoding="utf-8")
+
+
+def test_an_approval_committed_in_the_plan_file_publishes_it(world) -> None:  # type: ignore[no-untyped-def]
+    assert not _run(world, "founder_thread").success  # drafts made; waits for a person
+    variants = _rows(world, t.variants, plan="founder_thread")
+    choice = [v for v in variants if v["fits"]][-1]["variant_id"]
+    _commit_approval(world, choice)
+    done = _run(world, "founder_thread")
+    assert done.success, _failure(done)
+    (chosen,) = [v for v in _rows(world, t.variants, plan="founder_thread") if v["selected"]]
+    assert chosen["variant_id"] == choice and chosen["approved_by"].startswith("jiyoon@example.com (")
+    assert len(world.sandbox.x.posts) == 4 and len(world.sandbox.threads.posts) == 4
+
+
+def test_a_committed_approval_of_an_unknown_variant_is_a_clear_failure(world) -> None:  # type: ignore[no-untyped-def]
+    assert not _run(world, "founder_thread").success
+    _commit_approval(world, "v99")
+    failed = _run(world, "founder_thread")
+    assert not failed.success
+    assert "founder_thread.yaml cannot be used" in _failure(failed) and "no variant `v99`" in _failure(failed)
+    assert world.sandbox.x.posts == []
+
+
+def test_x_rate_limit_waits_for_its_reset_then_publishes_once(world) -> None:  # type: ignore[no-untyped-def]
+    # X answers 429 with x-rate-limit-reset two seconds ahead: the step asks Dagster to retry it
+    # then (RetryRequested), Threads goes on meanwhile, and the retry publishes the X post once.
+    world.sandbox.x.post_window = 2.0
+    world.sandbox.x.inject("http_429", times=1, path_prefix="/2/tweets", method="POST")
+    result = _run(world, "weekly_ai_tips")
+    assert result.success, _failure(result)
+    retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert len(retries) == 1
+    assert len(world.sandbox.x.posts) == 1 and len(world.sandbox.threads.posts) == 1
+    (x_row,) = _rows(world, t.publications, platform="x")
+    assert x_row["status"] == "published" and x_row["attempts"] == 2 and x_row["next_attempt_at"] is None
+    limited = [r for r in world.sandbox.x.requests if r.method == "POST" and r.path == "/2/tweets"]
+    assert len(limited) == 2  # the refused one and the one after the reset; nothing in between

@@ -282,8 +282,8 @@ def test_next_retry_at_follows_1_5_15_minutes_and_the_reset() -> None:
         now + timedelta(minutes=1), now + timedelta(minutes=5), now + timedelta(minutes=15), None,
     ]  # fmt: skip
     limited = RateLimited("429", reset_at=now + timedelta(minutes=7))
-    assert next_retry_at(limited, 1, now) == now + timedelta(minutes=7)
-    assert next_retry_at(limited, 3, now) == now + timedelta(minutes=15)
+    assert [next_retry_at(limited, n, now) for n in (1, 3, 5)] == [now + timedelta(minutes=7)] * 3  # the reset
+    assert next_retry_at(RateLimited("429", reset_at=None), 2, now) == now + timedelta(minutes=5)
     assert next_retry_at(OutcomeUnknown(method="POST", path="/2/tweets", cause="x"), 1, now) is None
     assert next_retry_at(DuplicateContent(403, "Forbidden", "dup"), 1, now) is None
 

@@ -41,6 +41,9 @@ def check_posting_plan(doc: Document, ctx: ProjectContext) -> list[Finding]:
             report.error(("credits", "team"), "R006", f"credits team `{credits['team']}` is not defined in Settings",
                          expected=one_of(teams) if teams else "a team under `budgets.credits.teams`",
                          hint=did_you_mean(credits["team"], teams))
+    selection = data.get("selection")
+    if isinstance(selection, dict) and isinstance(selection.get("approved"), list):
+        _check_approvals(report, selection)
     append = data.get("append")
     if isinstance(append, str):
         _check_append(report, append, data)
@@ -48,6 +51,23 @@ def check_posting_plan(doc: Document, ctx: ProjectContext) -> list[Finding]:
     if isinstance(schedule, dict):
         check_schedule(report, ("schedule",), schedule, ctx)
     return report.findings
+
+
+def _check_approvals(report: Reporter, selection: dict[str, Any]) -> None:
+    """Committed approvals only mean something in approval mode, and one per occurrence."""
+    if selection.get("mode", "best_score") != "approval":
+        report.error(("selection", "approved"), "S108", "`approved` is only read with `mode: approval`", key=True,
+                     expected="`mode: approval`", hint="set `selection.mode: approval`, or remove `approved`")
+    first: dict[str, int] = {}
+    for index, entry in enumerate(selection["approved"]):
+        occurrence = entry.get("occurrence") if isinstance(entry, dict) else None
+        if not isinstance(occurrence, str):
+            continue
+        if occurrence in first:
+            report.error(("selection", "approved", index, "occurrence"), "N003",
+                         f"occurrence `{occurrence}` is approved twice (first in entry {first[occurrence] + 1})",
+                         expected="one approval per occurrence", hint="keep the entry with the variant to publish")
+        first.setdefault(occurrence, index)
 
 
 def _check_append(report: Reporter, append: str, data: dict[str, Any]) -> None:

@@ -133,15 +133,48 @@ def _builtins(ctx: RunContext, now: datetime) -> dict[str, Any]:
     return builtins_for(ctx.campaign.name, ctx.occurrence.key, now)
 
 
+class LookupCache:
+    """Lookup rows already fetched in this run, so a key shared by many recipients (a company,
+    a plan) is queried once, not once per chunk. Bounded: past `limit` keys it starts over."""
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self.limit = limit
+        self._rows: dict[tuple[str, Any], dict[str, Any] | None] = {}  # None: the key has no row
+
+    def split(self, lookup: str, keys: set[Any]) -> tuple[dict[Any, dict[str, Any]], list[Any]]:
+        """(rows known for `keys`, keys still to query)."""
+        known: dict[Any, dict[str, Any]] = {}
+        missing: list[Any] = []
+        for key in keys:
+            row = self._rows.get((lookup, key), self)
+            if row is self:
+                missing.append(key)
+            elif row is not None:
+                known[key] = row  # type: ignore[assignment]
+        return known, missing
+
+    def remember(self, lookup: str, keys: list[Any], found: dict[Any, dict[str, Any]]) -> None:
+        if len(self._rows) + len(keys) > self.limit:
+            self._rows.clear()
+        for key in keys:
+            self._rows[(lookup, key)] = found.get(key)
+
+
 def lookup_values(campaign: Campaign, business: Callable[[str], Any], rows: list[dict[str, Any]],
-                  params: dict[str, Any]) -> dict[str, dict[Any, dict[str, Any]]]:
-    """Every lookup for one chunk of recipients: one query per lookup, keys bound as `IN :keys`."""
+                  params: dict[str, Any], cache: LookupCache | None = None) -> dict[str, dict[Any, dict[str, Any]]]:
+    """Every lookup for one chunk of recipients: one query per lookup, keys bound as `IN :keys`
+    (only the keys `cache` does not know yet)."""
     looked_up: dict[str, dict[Any, dict[str, Any]]] = {}
     for lookup in campaign.audience.lookups:
         db = business(campaign.audience.database)
-        keys = sorted({_key(_get(r, lookup.on)) for r in rows} - {None})
+        wanted = {_key(_get(r, lookup.on)) for r in rows} - {None}
+        known, keys = cache.split(lookup.name, wanted) if cache is not None else ({}, list(wanted))
+        keys.sort()
         found = db.lookup(lookup.sql, keys, params, match=lookup.match) if keys else {}
-        looked_up[lookup.name] = {_key(k): v for k, v in found.items()}
+        fetched = {_key(k): v for k, v in found.items()}
+        if cache is not None:
+            cache.remember(lookup.name, keys, fetched)
+        looked_up[lookup.name] = {**known, **fetched}
     return looked_up
 
 
@@ -161,9 +194,10 @@ def render_messages(ctx: RunContext, chunk_size: int = 5000) -> MessagesSummary:
     rendered = failed = 0
     by_type: dict[str, int] = {}
     failures: dict[str, int] = {}
+    cache = LookupCache()
     for members in iter_members(ctx, chunk_size):
         rows = [json.loads(m["data"]) for m in members]
-        looked_up = lookup_values(campaign, ctx.business, rows, params)
+        looked_up = lookup_values(campaign, ctx.business, rows, params, cache)
         now = utcnow()
         ledger: list[dict[str, Any]] = []
         for member, row in zip(members, rows):

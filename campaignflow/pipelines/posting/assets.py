@@ -4,6 +4,7 @@ Shaped like campaigns (one subsettable multi-asset and one job per partitioning,
 scheduled plan, partitioned by occurrence), so the same load-time budget holds for both.
 """
 
+import math
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -169,7 +170,8 @@ def run_plan(context: dg.AssetExecutionContext, project: Project, plan: PostingP
                     "failed": summary.failed, "review": summary.review,
                     **{f"ids/{p}": dg.MetadataValue.text(", ".join(ids)) for p, ids in summary.ids.items()}}
             if summary.waiting_until is not None and not summary.failed and not summary.review:
-                wait = max(1, int((summary.waiting_until - datetime.now(timezone.utc)).total_seconds()))
+                # rounded up: a retry a fraction too early finds the window still closed and waits again
+                wait = max(1, math.ceil((summary.waiting_until - datetime.now(timezone.utc)).total_seconds()))
                 context.log.info(f"{plan.name}: waiting {wait} s (rate limit or retry backoff) before publishing on")
                 raise dg.RetryRequested(max_retries=4, seconds_to_wait=min(wait, 900))
             if summary.failed or summary.review:

@@ -58,6 +58,10 @@ class AwaitingApproval(Exception):
     """selection: approval, and nobody has approved a variant of this occurrence yet."""
 
 
+class ApprovalUnusable(AwaitingApproval):
+    """The approval committed in the plan file names a variant that cannot be published."""
+
+
 class NothingToPublish(Exception):
     """No variant fits, or the best one scores below `minScore`."""
 
@@ -155,12 +159,13 @@ def select_post(ctx: PlanContext) -> StoredVariant:
     if already is not None:
         return already
     if ctx.plan.selection == "approval":
-        approved = [v for v in variants if v.approved_by]
+        approved = [v for v in variants if v.approved_by] or _committed_approval(ctx, variants)
         if not approved:
             raise AwaitingApproval(
                 f"{ctx.plan.name} [{ctx.occurrence}] waits for approval. Approve one with "
-                f"`campaignflow approve {ctx.plan.name} VARIANT --occurrence {ctx.occurrence}`, then run again.\n\n"
-                + variants_markdown(variants))
+                f"`campaignflow approve {ctx.plan.name} VARIANT --occurrence {ctx.occurrence}`, or commit "
+                f"`{{occurrence: \"{ctx.occurrence}\", variant: VARIANT, by: NAME}}` under `selection.approved` "
+                f"in {ctx.plan.file}; then run again.\n\n" + variants_markdown(variants))
         chosen = approved[-1]
     else:
         fitting = [v for v in variants if v.fits]
@@ -176,6 +181,19 @@ def select_post(ctx: PlanContext) -> StoredVariant:
         conn.execute(sa.update(v).where(v.c.plan == ctx.plan.name, v.c.occurrence == ctx.occurrence,
                                         v.c.variant_id == chosen.variant_id).values(selected=1))
     return next(x for x in stored_variants(ctx.store, ctx.plan.name, ctx.occurrence) if x.variant_id == chosen.variant_id)
+
+
+def _committed_approval(ctx: PlanContext, variants: list[StoredVariant]) -> list[StoredVariant]:
+    """The approval committed in the plan file for this occurrence, recorded like a CLI approval."""
+    entry = ctx.plan.approved.get(ctx.occurrence)
+    if entry is None:
+        return []
+    variant_id, by = entry
+    try:
+        return [approve(ctx.store, ctx.plan.name, ctx.occurrence, variant_id, f"{by} ({ctx.plan.file})")]
+    except (KeyError, ValueError) as problem:
+        raise ApprovalUnusable(f"the approval committed in {ctx.plan.file} cannot be used: {problem.args[0]}; "
+                               "fix the entry under `selection.approved`\n\n" + variants_markdown(variants)) from None
 
 
 def approve(store: StateStore, plan: str, occurrence: str, variant_id: str, by: str) -> StoredVariant:
