@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# Bytecode for our own sources (pip compiles the dependencies): Dagster loads the code
+	# location in fresh processes, and compiling every module each time costs ~0.3 s.
+	$(BIN)/python -m compileall -q campaignflow
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -8,6 +8,7 @@ run config or logs.
 from __future__ import annotations
 
 import os
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -20,15 +21,30 @@ from .solapi import SolapiClient
 from ..state.store import StateStore
 
 
-@lru_cache(maxsize=8)
+# Plans run side by side in threads and all ask for the same store at once: lru_cache alone
+# would let each of them build (and migrate) its own before the first one is cached.
+_CREATING = threading.Lock()
+
+
 def _store(url: str) -> StateStore:
+    with _CREATING:
+        return _new_store(url)
+
+
+@lru_cache(maxsize=8)
+def _new_store(url: str) -> StateStore:
     store = StateStore(url)
     store.migrate()
     return store
 
 
-@lru_cache(maxsize=16)
 def _business(url: str, chunk_size: int, timeout: int) -> BusinessDatabase:
+    with _CREATING:
+        return _new_business(url, chunk_size, timeout)
+
+
+@lru_cache(maxsize=16)
+def _new_business(url: str, chunk_size: int, timeout: int) -> BusinessDatabase:
     return BusinessDatabase(url, chunk_size=chunk_size, query_timeout_seconds=timeout)
 
 
@@ -123,7 +139,7 @@ class GeminiResource(dg.ConfigurableResource):
         if not key:
             raise dg.Failure(f"drafting needs a Gemini API key: set {self.api_key_env} in the environment")
         return GeminiWriter(self.base_url, key, model=model, api_version=self.api_version,
-                            temperature=self.temperature, timeout=self.timeout_seconds)
+                            temperature=self.temperature, timeout=self.timeout_seconds, shared_client=True)
 
 
 def gemini_resource(settings: Settings) -> GeminiResource:

@@ -53,6 +53,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,6 +67,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from .. import textlimits
+from .http import tls_context
 
 try:  # google-genai sends through httpx2 (a fork of httpx) when it is installed
     import httpx2
@@ -523,6 +525,28 @@ def _variant_block(variant: Variant) -> str:
 # -- the writer -------------------------------------------------------------------------
 
 
+def _new_genai_client(api_key: str, base_url: str | None, api_version: str, timeout_ms: int) -> genai.Client:
+    # the process's one TLS context (see resources.http)
+    options = types.HttpOptions(api_version=api_version, timeout=timeout_ms,
+                                client_args={"verify": tls_context()}, async_client_args={"verify": tls_context()})
+    if base_url:
+        options.base_url = base_url
+    return genai.Client(vertexai=False, api_key=api_key, http_options=options)
+
+
+_SHARED_CLIENTS: dict[tuple[str, str | None, str, int], genai.Client] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _shared_genai_client(api_key: str, base_url: str | None, api_version: str, timeout_ms: int) -> genai.Client:
+    key = (api_key, base_url, api_version, timeout_ms)
+    with _SHARED_LOCK:
+        client = _SHARED_CLIENTS.get(key)
+        if client is None:
+            client = _SHARED_CLIENTS[key] = _new_genai_client(*key)
+        return client
+
+
 class GeminiWriter:
     """Drafts and scores post variants for a persona (see the module docstring).
 
@@ -545,6 +569,7 @@ class GeminiWriter:
         backoff: float = 1.0,
         max_backoff: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
+        shared_client: bool = False,
     ) -> None:
         if not api_key:
             raise ValueError("a Gemini API key is required")
@@ -559,16 +584,18 @@ class GeminiWriter:
         self._sleep = sleep
         self._api_key = api_key
         self.usage: dict[str, int] = {"prompt_tokens": 0, "candidates_tokens": 0, "total_tokens": 0, "calls": 0}
-        options = types.HttpOptions(api_version=api_version, timeout=int(timeout * 1000))
-        if base_url:
-            options.base_url = base_url
-        self._client = genai.Client(vertexai=False, api_key=api_key, http_options=options)
+        # shared_client: one SDK client per process and endpoint, reused by every writer (plans run
+        # side by side; each new client builds TLS contexts and connection pools of its own)
+        self._owns_client = not shared_client
+        make = _shared_genai_client if shared_client else _new_genai_client
+        self._client = make(api_key, base_url, api_version, int(timeout * 1000))
 
     def __repr__(self) -> str:  # no key in reprs
         return f"GeminiWriter(model={self.model!r}, api_version={self.api_version!r})"
 
     def close(self) -> None:
-        self._client.close()
+        if self._owns_client:
+            self._client.close()
 
     def __enter__(self) -> GeminiWriter:
         return self

@@ -39,6 +39,7 @@ from urllib.parse import quote
 import httpx
 
 from ..phones import mask_phone
+from .http import http_client
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -417,12 +418,7 @@ class SolapiClient:
         self._max_attempts = max_attempts
         self._backoff_base = backoff_base
         self._sleep = sleep
-        self._http = httpx.Client(
-            base_url=self.base_url,
-            timeout=timeout,
-            transport=transport,
-            headers={"Accept": "application/json", "User-Agent": "campaignflow-solapi"},
-        )
+        self._http = http_client(self.base_url, timeout=timeout, transport=transport, user_agent="campaignflow-solapi")
 
     def __repr__(self) -> str:
         return f"SolapiClient(base_url={self.base_url!r}, api_key={self.api_key!r})"

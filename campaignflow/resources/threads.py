@@ -46,6 +46,7 @@ from urllib.parse import quote
 
 import httpx
 
+from .http import http_client
 from .social import (
     CANNOT_SEND,
     NOT_SENT,
@@ -168,12 +169,7 @@ class ThreadsClient:
         self._sleep = sleep
         self._clock = clock
         self.expires_at: datetime | None = None
-        self._http = httpx.Client(
-            base_url=self.base_url,
-            timeout=timeout,
-            transport=transport,
-            headers={"Accept": "application/json", "User-Agent": "campaignflow-threads"},
-        )
+        self._http = http_client(self.base_url, timeout=timeout, transport=transport, user_agent="campaignflow-threads")
 
     def __repr__(self) -> str:
         return f"ThreadsClient(base_url={self.base_url!r}, user_id={self.user_id!r})"

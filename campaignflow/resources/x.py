@@ -44,6 +44,7 @@ from urllib.parse import quote
 import httpx
 
 from ..textlimits import find_urls
+from .http import http_client
 from .social import (
     CANNOT_SEND,
     NOT_SENT,
@@ -207,12 +208,7 @@ class XClient:
         self.last_rate_limit: RateLimitInfo | None = None
         #: ``"METHOD /path"`` → its last reported window.
         self.rate_limits: dict[str, RateLimitInfo] = {}
-        self._http = httpx.Client(
-            base_url=self.base_url,
-            timeout=timeout,
-            transport=transport,
-            headers={"Accept": "application/json", "User-Agent": "campaignflow-x"},
-        )
+        self._http = http_client(self.base_url, timeout=timeout, transport=transport, user_agent="campaignflow-x")
 
     def __repr__(self) -> str:
         return f"XClient(base_url={self.base_url!r})"
