@@ -56,6 +56,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import jsonschema
@@ -553,6 +554,22 @@ class _Generator:
 # -- the sandbox ------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=256)
+def _validator(schema_json: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(json.loads(schema_json))
+
+
+@lru_cache(maxsize=256)
+def _schema_problem(schema_json: str) -> str | None:
+    """Why a response schema is not a valid JSON Schema, or None. Cached: clients send the same
+    few schemas on every call, and checking against the meta-schema takes milliseconds."""
+    try:
+        jsonschema.Draft202012Validator.check_schema(json.loads(schema_json))
+    except jsonschema.SchemaError as exc:
+        return str(exc.message)
+    return None
+
+
 class GeminiSandbox:
     """In-memory Gemini: answers, call records, fault injection and the Starlette app.
 
@@ -730,10 +747,9 @@ class GeminiSandbox:
             if not isinstance(schema, dict):
                 return _google_error(400, "responseJsonSchema must be an object.")
             if "responseJsonSchema" in config:
-                try:
-                    jsonschema.Draft202012Validator.check_schema(schema)
-                except jsonschema.SchemaError as exc:
-                    return _google_error(400, f"responseJsonSchema is invalid: {exc.message}")
+                problem = _schema_problem(json.dumps(schema, sort_keys=True))
+                if problem is not None:
+                    return _google_error(400, f"responseJsonSchema is invalid: {problem}")
         return None
 
     def _answer(self, system: str, prompt: str, schema: Any, config: dict[str, Any], index: int) -> str:
@@ -745,7 +761,7 @@ class GeminiSandbox:
         if isinstance(schema, dict):
             document = _Generator(schema, writer).value(schema, _Where())
             if "responseJsonSchema" in config:
-                jsonschema.validate(document, schema, cls=jsonschema.Draft202012Validator)
+                _validator(json.dumps(schema, sort_keys=True)).validate(document)
             return json.dumps(document, ensure_ascii=False)
         if json_wanted:
             return json.dumps({"text": writer.post(first=True, last=True, too_long=False, min_length=0,
