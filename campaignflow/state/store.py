@@ -45,7 +45,7 @@ VERSION_TABLE = "campaignflow_alembic_version"
 SQLITE_BEGIN = "campaignflow_sqlite_begin"
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-SQLITE_CACHE_KIB = 64 * 1024  # per connection
+SQLITE_CACHE_KIB = 16 * 1024  # per connection (a run holds a few: peak RSS counts them all)
 #: How long :meth:`StateStore.migrate` waits for another process's migration (PG, MySQL).
 MIGRATE_LOCK_TIMEOUT_S = 300
 # pg_advisory_xact_lock key: stable, derived from a name (PG advisory locks are per database).

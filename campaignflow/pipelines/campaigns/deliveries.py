@@ -128,7 +128,8 @@ def _settle(ctx: RunContext, conn: sa.Connection, outcomes: list[dict[str, Any]]
         if len(members) < 50:
             rest.extend(members)
             continue
-        conn.execute(sa.update(d).where(_ids_in(m["b_id"] for m in members)).values(dict(zip(_SHARED, shared))))
+        conn.execute(sa.update(d).where(_ids_in(m["b_id"] for m in members)).values(dict(zip(_SHARED, shared))),
+                     execution_options=ONE_OFF)
         ctx.store.execute_many(conn, _SET_MESSAGE_ID, [{"b_id": m["b_id"], "provider_message_id": m["provider_message_id"]}
                                                        for m in members])
     if rest:
@@ -228,7 +229,7 @@ def _block(conn: sa.Connection, ids: list[int], reason: str, summary: DeliverySu
         return
     d = t.deliveries
     conn.execute(sa.update(d).where(_ids_in(ids), d.c.status == "ready")
-                 .values(status="blocked", reason=reason, updated_at=utcnow()))
+                 .values(status="blocked", reason=reason, updated_at=utcnow()), execution_options=ONE_OFF)
     summary.blocked += len(ids)
     summary.failures[reason] = summary.failures.get(reason, 0) + len(ids)
 
@@ -241,9 +242,14 @@ class _Claim:
     last_id: int | None  # the highest id looked at (claimed or blocked): where the next claim starts
 
 
+# Statements with ids written out are never the same twice: keep them out of SQLAlchemy's
+# compiled cache, where five hundred of them would hold tens of megabytes for nothing.
+ONE_OFF = {"compiled_cache": None}
+
+
 def _ids_in(ids: Any) -> Any:
-    """`deliveries.id IN (...)` with the ids written out: they are integers from the ledger, and
-    ten thousand bound parameters cost more to build than the query costs to run."""
+    """`deliveries.id IN (...)` with the ids written out (run it with ONE_OFF): they are integers
+    from the ledger, and ten thousand bound parameters cost more to build than the query to run."""
     return sa.text("deliveries.id IN (%s)" % ",".join(str(int(i)) for i in ids))
 
 
@@ -284,16 +290,17 @@ def _claim(ctx: RunContext, batch_size: int, summary: DeliverySummary, after: in
         if allowed:
             # The `status == ready` guard makes two concurrent runs claim disjoint rows. Without
             # policy blocks the batch is every ready row of its id range: claim the range.
-            which = (d.c.id.between(allowed[0]["id"], allowed[-1]["id"]) if len(allowed) == len(rows)
-                     else _ids_in(r["id"] for r in allowed))
+            whole = len(allowed) == len(rows)
+            which = d.c.id.between(allowed[0]["id"], allowed[-1]["id"]) if whole else _ids_in(r["id"] for r in allowed)
             conn.execute(sa.update(d).where(_scope(ctx), which, d.c.status == "ready")
                          .values(status="pending", batch_id=batch_id, claimed_at=now, updated_at=now,
-                                 attempts=d.c.attempts + 1))
+                                 attempts=d.c.attempts + 1), execution_options={} if whole else ONE_OFF)
             claimed = {r[0] for r in conn.execute(sa.select(d.c.id).where(_in_batch(ctx, batch_id, allowed),
                                                                             d.c.status == "pending"))}
             extra = claimed - {r["id"] for r in allowed}  # became ready meanwhile (another run released it)
             if extra:
-                conn.execute(sa.update(d).where(_ids_in(extra)).values(status="ready", batch_id=None))
+                conn.execute(sa.update(d).where(_ids_in(extra)).values(status="ready", batch_id=None),
+                             execution_options=ONE_OFF)
             allowed = [r for r in allowed if r["id"] in claimed]
     return _Claim(batch_id, allowed, last_id)
 

@@ -137,7 +137,7 @@ class LookupCache:
     """Lookup rows already fetched in this run, so a key shared by many recipients (a company,
     a plan) is queried once, not once per chunk. Bounded: past `limit` keys it starts over."""
 
-    def __init__(self, limit: int = 200_000) -> None:
+    def __init__(self, limit: int = 50_000) -> None:
         self.limit = limit
         self._rows: dict[tuple[str, Any], dict[str, Any] | None] = {}  # None: the key has no row
 
