@@ -82,14 +82,20 @@ def _child(project: str, campaign: str) -> None:
     from campaignflow.runs import run_campaign
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started: dict[str, float] = {}  # stage -> seconds into the run when it first reported progress
+
+    def progress(stage: str, done: int, total: int) -> None:
+        started.setdefault(stage, time.perf_counter() - start)
+
     with dg.DagsterInstance.ephemeral() as instance:
         start = time.perf_counter()
         outcome = run_campaign(load_project(project, use_cache=False), campaign, live=True, occurrence="bench",
-                               instance=instance)
+                               instance=instance, progress=progress)
         elapsed = time.perf_counter() - start
     print(json.dumps({"success": outcome.success, "error": outcome.error, "elapsed": elapsed,
                       "sent": outcome.metadata.get("deliveries", {}).get("sent", 0),
                       "selected": outcome.metadata.get("audience", {}).get("selected", 0),
+                      "stages": started,
                       "rss_before_mb": rss_before / 1024,
                       "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
@@ -188,6 +194,9 @@ def main() -> None:
     print(f"full run, {big['selected']:,} recipients selected, {big['sent']:,} sent: {big['elapsed']:.1f} s end to end "
           f"= {rate:,.0f} messages/s; peak RSS {big['rss_peak_mb']:.0f} MB (of which {big['rss_before_mb']:.0f} MB "
           "before the run: Python, Dagster and campaignflow loaded)")
+    marks = sorted(big.get("stages", {}).items(), key=lambda kv: kv[1]) + [("end", big["elapsed"])]
+    print("  by stage (from its first progress report to the next stage's): " + ", ".join(
+        f"{stage} {marks[i + 1][1] - at:.1f} s" for i, (stage, at) in enumerate(marks[:-1])))
     small_rate = small["sent"] / small["elapsed"]
     base_rate = base_sent / base_time
     print(f"same {args.baseline:,} recipients: pipeline {small['elapsed']:.2f} s ({small_rate:,.0f} msg/s) vs "
