@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import ssl
 from functools import cache
+from types import TracebackType
+from typing import Self
 
 import httpx
 
-__all__ = ["http_client", "tls_context"]
+__all__ = ["HttpApiClient", "http_client", "tls_context"]
 
 
 @cache
@@ -30,3 +32,21 @@ def http_client(base_url: str, *, timeout: float, transport: httpx.BaseTransport
         verify=tls_context(),
         headers={"Accept": "application/json", "User-Agent": user_agent},
     )
+
+
+class HttpApiClient:
+    """What every provider client shares: it owns one httpx client and closes it (also as a
+    context manager). Subclasses set ``self._http`` with :func:`http_client`."""
+
+    _http: httpx.Client
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -32,14 +32,13 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
 
 from ..phones import mask_phone
-from .http import http_client
+from .http import HttpApiClient, http_client
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -390,7 +389,7 @@ def _retry_after(response: httpx.Response) -> float | None:
     return min(max(seconds, 0.0), _MAX_RETRY_AFTER)
 
 
-class SolapiClient:
+class SolapiClient(HttpApiClient):
     """A SOLAPI account, reached over one pooled httpx connection.
 
     Use it as a context manager (or call :meth:`close`). ``transport`` swaps
@@ -423,19 +422,6 @@ class SolapiClient:
     def __repr__(self) -> str:
         return f"SolapiClient(base_url={self.base_url!r}, api_key={self.api_key!r})"
 
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> SolapiClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- public API --------------------------------------------------------
 

@@ -40,13 +40,12 @@ import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from .http import http_client
+from .http import HttpApiClient, http_client
 from .social import (
     CANNOT_SEND,
     NOT_SENT,
@@ -132,7 +131,7 @@ def _canonical(text: str) -> str:
     return unicodedata.normalize("NFC", text).strip()
 
 
-class ThreadsClient:
+class ThreadsClient(HttpApiClient):
     """One Threads account (a long-lived user access token), over one pooled httpx client.
 
     ``base_url`` includes the API version (``https://graph.threads.net/v1.0``);
@@ -174,16 +173,6 @@ class ThreadsClient:
     def __repr__(self) -> str:
         return f"ThreadsClient(base_url={self.base_url!r}, user_id={self.user_id!r})"
 
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> ThreadsClient:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     @property
     def refresh_url(self) -> str:

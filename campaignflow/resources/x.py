@@ -37,14 +37,13 @@ import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 from ..textlimits import find_urls
-from .http import http_client
+from .http import HttpApiClient, http_client
 from .social import (
     CANNOT_SEND,
     NOT_SENT,
@@ -163,7 +162,7 @@ def _check_id(value: str, what: str) -> str:
     return value
 
 
-class XClient:
+class XClient(HttpApiClient):
     """One X account (OAuth 2.0 user context), over one pooled httpx client.
 
     ``expires_at`` (aware) lets the client refresh ahead of expiry; without it a
@@ -213,16 +212,6 @@ class XClient:
     def __repr__(self) -> str:
         return f"XClient(base_url={self.base_url!r})"
 
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> XClient:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     @property
     def expires_at(self) -> datetime | None:
