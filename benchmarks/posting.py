@@ -80,7 +80,7 @@ def main() -> None:
         import dagster as dg
 
         from campaignflow.pipelines.compile import build_definitions
-        from campaignflow.pipelines.posting.assets import PLAN_CONCURRENCY
+        from campaignflow.pipelines.posting.runner import PLAN_CONCURRENCY
         from campaignflow.project import load_project
         from campaignflow.sandbox.app import SANDBOX_CREDENTIALS
 

@@ -9,9 +9,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
-from jinja2.sandbox import SandboxedEnvironment
+if TYPE_CHECKING:
+    from jinja2 import nodes
+    from jinja2.sandbox import SandboxedEnvironment
+
+# Jinja is imported on first use, not with this module: loading the code location (which
+# only needs the names below) is measured and Dagster repeats it often (benchmarks/compile_load.py).
 
 # Alimtalk templates are approved by Kakao with `#{name}` placeholders; SOLAPI fills them from
 # kakaoOptions.variables keyed by the whole placeholder ("#{name}").
@@ -31,6 +36,9 @@ class TemplateProblem(Exception):
 @cache
 def environment() -> SandboxedEnvironment:
     """The one environment every template is compiled in: sandboxed, strict about names."""
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
     return SandboxedEnvironment(
         undefined=StrictUndefined,
         autoescape=False,
@@ -41,6 +49,8 @@ def environment() -> SandboxedEnvironment:
 
 
 def _parse(source: str) -> nodes.Template:
+    from jinja2 import TemplateSyntaxError
+
     try:
         return environment().parse(source)
     except TemplateSyntaxError as exc:
@@ -60,6 +70,8 @@ def analyze(source: str) -> tuple[frozenset[str], str]:
 
 @cache
 def _analyze_cached(source: str) -> tuple[frozenset[str], str]:
+    from jinja2 import meta, nodes
+
     tree = _parse(source)
     for node in tree.find_all((nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)):
         raise TemplateProblem(f"`{type(node).__name__.lower()}` is not available in message templates",
@@ -86,6 +98,8 @@ def _plain_parts(source: str) -> tuple[tuple[bool, str], ...] | None:
     (`str()` of each value, autoescape off) at a fraction of the cost of a Jinja context per
     recipient. Anything else (filters, tags, attributes, expressions) returns None: Jinja renders it.
     """
+    from jinja2 import TemplateSyntaxError, nodes
+
     parts: list[tuple[bool, str]] = []
     try:
         tree = environment().parse(source)

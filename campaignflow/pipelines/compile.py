@@ -22,9 +22,9 @@ from ..project import Project
 from ..resources.configurable import BusinessDatabaseResource, SolapiResource, StateStoreResource, resources_for
 from ..scheduling import PARTITIONS_START, Partitioning, describe_schedule, fires_at, partitioning, schedule_cron
 from .campaigns import STAGES
-from .campaigns.runner import CampaignRunConfig, run_campaign
 from .posting import STAGES as POSTING_STAGES
 from .posting.assets import plan_groups, plan_schedule, posting_asset
+from .run_config import CampaignRunConfig
 from .sensors import build_engagement_sensor, build_sensors
 
 CAMPAIGN_JOB = "campaign_run"
@@ -118,6 +118,9 @@ def _campaigns_asset(project: Project, group: CampaignGroup, campaigns: list[Cam
     @dg.multi_asset(specs=specs, name=group.op_name, can_subset=True, partitions_def=group.partitions_def(),
                     required_resource_keys={"state", "business", "solapi"})
     def campaigns_op(context: dg.AssetExecutionContext, config: CampaignRunConfig) -> Iterator[dg.MaterializeResult]:
+        # The stages (and SQLAlchemy, httpx) load with the first run, not with the code location.
+        from .campaigns.runner import run_campaign
+
         selected: dict[str, set[str]] = defaultdict(set)
         for key in context.selected_asset_keys:
             selected[key.path[0]].add(key.path[-1])

@@ -11,14 +11,20 @@ import os
 import threading
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field
 
 from ..config.models import DEFAULT_BUSINESS_URL, DEFAULT_STATE_URL, Settings
-from .business_db import BusinessDatabase
-from .solapi import SolapiClient
-from ..state.store import StateStore
+
+# The clients behind the resources (SQLAlchemy, httpx, google-genai) are imported when a run
+# asks for one, not when the code location loads: Dagster reloads it often and its load
+# time is a target (benchmarks/compile_load.py).
+if TYPE_CHECKING:
+    from ..state.store import StateStore
+    from .business_db import BusinessDatabase
+    from .solapi import SolapiClient
 
 
 # Plans run side by side in threads and all ask for the same store at once: lru_cache alone
@@ -33,6 +39,8 @@ def _store(url: str) -> StateStore:
 
 @lru_cache(maxsize=8)
 def _new_store(url: str) -> StateStore:
+    from ..state.store import StateStore
+
     store = StateStore(url)
     store.migrate()
     return store
@@ -45,6 +53,8 @@ def _business(url: str, chunk_size: int, timeout: int) -> BusinessDatabase:
 
 @lru_cache(maxsize=16)
 def _new_business(url: str, chunk_size: int, timeout: int) -> BusinessDatabase:
+    from .business_db import BusinessDatabase
+
     return BusinessDatabase(url, chunk_size=chunk_size, query_timeout_seconds=timeout)
 
 
@@ -82,6 +92,8 @@ class SolapiResource(dg.ConfigurableResource):
     max_attempts: int = 5
 
     def client(self) -> SolapiClient:
+        from .solapi import SolapiClient
+
         key, secret = os.environ.get(self.api_key_env), os.environ.get(self.api_secret_env)
         missing = [name for name, value in ((self.api_key_env, key), (self.api_secret_env, secret)) if not value]
         if missing:

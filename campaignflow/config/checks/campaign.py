@@ -8,7 +8,6 @@ from typing import Any
 
 from ... import templating, textlimits
 from ...scheduling import quiet_hour_firing, zone
-from ...sqlcheck import SqlProblem, analyze_select
 from ..findings import Finding, code_for_sql_problem
 from ..source import Document, DocPath
 from .context import ProjectContext, Reporter, did_you_mean, one_of, position_of
@@ -80,6 +79,8 @@ def _schema_fields(schema: Any, prefix: str = "") -> set[str]:
 
 # -- audience ------------------------------------------------------------------------
 def _sql(report: Reporter, path: DocPath, sql: str) -> Any:
+    from ...sqlcheck import SqlProblem, analyze_select  # sqlglot is heavy: only when a file is checked
+
     try:
         return analyze_select(sql)
     except SqlProblem as problem:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator
 
 import dagster as dg
-from pydantic import Field
-
 from ...config.models import Campaign
 from ...project import Project
 from ...scheduling import Partitioning, fires_on
+from ..run_config import CampaignRunConfig
 from .audience import select_audience
 from .context import Occurrence, RunContext, latest_occurrence
 from .deliveries import DeliveryStopped, deliver
@@ -29,19 +28,6 @@ _progress_listener: Callable[[str, int, int], None] | None = None
 def set_progress_listener(listener: Callable[[str, int, int], None] | None) -> None:
     global _progress_listener
     _progress_listener = listener
-
-
-class CampaignRunConfig(dg.Config):
-    """Run configuration of the `campaigns` asset (all fields optional)."""
-
-    occurrence: Optional[str] = Field(default=None, description="Occurrence key; a manual run without one gets its "
-                                      "own (re-executions of the run keep it), a run of later stages only continues "
-                                      "the latest occurrence.")
-    trigger: str = Field(default="manual", description="manual | schedule | webhook")
-    scheduled_at: Optional[str] = Field(default=None, description="ISO time of the tick or event.")
-    payload: Optional[str] = Field(default=None, description="JSON of the webhook event's payload.")
-    live: bool = Field(default=False, description="Send for real even if the campaign's delivery mode is simulate.")
-    force_resend: bool = Field(default=False, description="Re-queue this occurrence's failed messages on purpose.")
 
 
 def _occurrence(context: dg.AssetExecutionContext, project: Project, campaign: Campaign, stages: set[str],
