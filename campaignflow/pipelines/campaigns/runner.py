@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 
 import dagster as dg
 from ...config.models import Campaign
+from ...gctuning import fewer_collections
 from ...project import Project
 from ...scheduling import Partitioning, fires_on
 from ..run_config import CampaignRunConfig
@@ -75,13 +76,15 @@ def run_campaign(context: dg.AssetExecutionContext, project: Project, campaign: 
         return dg.AssetKey([campaign.name, stage])
 
     if "audience" in stages:
-        summary = select_audience(ctx)
+        with fewer_collections():
+            summary = select_audience(ctx)
         yield dg.MaterializeResult(asset_key=key("audience"), metadata={
             **base, "selected": summary.selected, "usable": summary.usable,
             **{f"status/{k}": v for k, v in summary.counts.items()}})
     if "messages" in stages:
         ctx.record_occurrence()
-        rendered = render_messages(ctx)
+        with fewer_collections():
+            rendered = render_messages(ctx)
         yield dg.MaterializeResult(asset_key=key("messages"), metadata={
             **base, "rendered": rendered.rendered, "not_renderable": rendered.failed,
             **{f"type/{k}": v for k, v in rendered.by_type.items()},
@@ -90,7 +93,8 @@ def run_campaign(context: dg.AssetExecutionContext, project: Project, campaign: 
         live = config.live or campaign.delivery_mode == "live"
         sender = context.resources.solapi.client() if live else None
         try:
-            result = deliver(ctx, sender, live=live, force_resend=config.force_resend)
+            with fewer_collections():
+                result = deliver(ctx, sender, live=live, force_resend=config.force_resend)
         except DeliveryStopped as stop:
             raise dg.Failure(str(stop), metadata={**base, "campaign": campaign.name}) from stop
         finally:

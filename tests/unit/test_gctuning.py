@@ -1,0 +1,37 @@
+"""The cycle-collector settings used for bulk work and for loading definitions."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+
+from campaignflow.gctuning import BULK_THRESHOLD, fewer_collections, frozen_after_loading
+
+
+def test_fewer_collections_raises_the_threshold_and_restores_it_even_on_error() -> None:
+    before = gc.get_threshold()
+    with pytest.raises(RuntimeError), fewer_collections():
+        assert gc.get_threshold() == (max(BULK_THRESHOLD, before[0]), *before[1:])
+        raise RuntimeError("a stage failed")
+    assert gc.get_threshold() == before
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_frozen_after_loading_collects_garbage_then_freezes_what_is_alive() -> None:
+    gc.unfreeze()
+    try:
+        with frozen_after_loading():
+            assert not gc.isenabled()  # nothing is collected while definitions are built
+            kept = _Cycle()
+            _Cycle()  # garbage: only a collection can free a cycle
+        assert gc.isenabled()
+        assert not any(type(o) is _Cycle and o is not kept for o in gc.get_objects())
+        assert gc.get_freeze_count() > 0
+        assert all(o is not kept for o in gc.get_objects())  # frozen: out of every generation
+    finally:
+        gc.unfreeze()
