@@ -126,6 +126,16 @@ deliveries = Table(
     Index(None, "provider_message_id"),
 )
 
+# What messages cost per UTC month: the ledger's counted cost (pending, sent, delivered) kept as
+# a running total by every writer that changes it (campaignflow.state.spend), so the monthly
+# budget is one row to read, not a scan of the whole ledger for every batch.
+messaging_spend = Table(
+    "messaging_spend", metadata,
+    Column("month", String(7), primary_key=True),            # YYYY-MM, UTC
+    Column("cost", Numeric(14, 2), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
 # -- webhooks ---------------------------------------------------------------------------------
 
 # A dedupe key compared byte for byte on every database: MySQL's default collations ignore

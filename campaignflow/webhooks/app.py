@@ -109,6 +109,7 @@ from ..config.models import env_name
 from ..phones import redact_phones
 from ..project import Project
 from ..resources.solapi import LEDGER_FIELD, classify_status
+from ..state.spend import SpendChange
 from ..state.store import SQLITE_BEGIN, StateStore
 from ..state.tables import deliveries, delivery_reports, webhook_events
 from .inbox import RECEIVED
@@ -906,7 +907,7 @@ class _Receiver:
             for row in conn.execute(sa.select(*columns).where(condition).with_for_update()).mappings():
                 rows[row["id"]] = dict(row)
         by_message = {row["provider_message_id"]: row for row in rows.values() if row["provider_message_id"]}
-        before = {row_id: row["status"] for row_id, row in rows.items()}
+        before = {row_id: dict(row) for row_id, row in rows.items()}
         changed: dict[int, dict[str, Any]] = {}
         for rep in reports:  # in order: a 3000 then a 4000 for one message ends delivered
             row = by_message.get(rep.message_id)
@@ -925,10 +926,14 @@ class _Receiver:
             row.update(values)
             by_message[rep.message_id] = row
             changed.setdefault(row["id"], {}).update(values)
+        spend = SpendChange()  # a failure report takes its cost back; a report of a pending row adds it
         for row_id, values in changed.items():
-            result = conn.execute(
-                sa.update(d).where(d.c.id == row_id, d.c.status == before[row_id]).values(**values, updated_at=now))
-            outcome.updated += max(result.rowcount, 0)
+            result = conn.execute(sa.update(d).where(d.c.id == row_id, d.c.status == before[row_id]["status"])
+                                  .values(**values, updated_at=now))
+            if result.rowcount == 1:
+                outcome.updated += 1
+                spend.add(before[row_id], {**before[row_id], **values})
+        spend.write(self.store, conn)
 
     # -- GET /healthz ----------------------------------------------------------------------
 

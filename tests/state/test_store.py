@@ -375,3 +375,33 @@ def test_datetimes_round_trip_timezone_aware_utc(migrated: StateStore) -> None:
 def test_naive_datetimes_are_refused(migrated: StateStore) -> None:
     with migrated.engine.begin() as conn, pytest.raises(sa.exc.StatementError, match="naive datetime"):
         conn.execute(tables.deliveries.insert(), _delivery("a", created_at=datetime(2025, 1, 1, 12, 0)))
+
+
+# -- the monthly spend (0005) -------------------------------------------------------------------
+
+
+def test_0005_fills_the_monthly_spend_from_the_ledger(store: StateStore) -> None:
+    """A store that ran before 0005 gets its running totals from the ledger as it stands."""
+    from alembic import command
+
+    from campaignflow.state.spend import spent
+
+    with store.engine.begin() as conn:
+        command.upgrade(store._alembic_config(conn), "0004")
+    october, november = datetime(2026, 10, 31, 23, 30, tzinfo=ZoneInfo("UTC")), datetime(2026, 11, 1, 0, 30,
+                                                                                           tzinfo=ZoneInfo("Asia/Seoul"))
+    rows = [
+        _delivery("a", status="sent", cost=Decimal("8.40"), sent_at=october),
+        _delivery("b", status="delivered", cost=Decimal("7.50"), sent_at=october),
+        _delivery("c", status="failed", cost=Decimal("0"), sent_at=october),     # not charged
+        _delivery("d", status="sent", cost=Decimal("25.00"), sent_at=november),  # 2026-10-31 15:30 UTC
+        _delivery("e", status="delivered", cost=Decimal("7.50"), sent_at=november + timedelta(days=1)),
+        _delivery("f", status="simulated", cost=Decimal("8.40"), sent_at=None),   # never sent
+    ]
+    with store.engine.begin() as conn:
+        conn.execute(sa.insert(tables.deliveries), rows)
+    store.migrate()
+    with store.engine.connect() as conn:
+        assert spent(conn, "2026-10") == Decimal("40.90")
+        assert spent(conn, "2026-11") == Decimal("7.50")
+        assert spent(conn, "2026-12") == 0

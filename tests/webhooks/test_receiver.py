@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from campaignflow.project import Project, load_project
 from campaignflow.sandbox.server import RunningServer, serve_in_thread
 from campaignflow.state import tables as t
+from campaignflow.state.spend import SpendChange, counted, month_of, spent
 from campaignflow.state.store import StateStore, utcnow
 from campaignflow.webhooks import (
     backlog, build_app, event_id_for, mark_dispatched, mark_skipped, pending_events, sign_request, signed_headers,
@@ -386,6 +387,30 @@ def test_delivery_reports_settle_the_ledger(receiver: Receiver) -> None:
     assert retry.status_code == 200 and retry.json() == {"stored": 1, "duplicates": 3, "invalid": 0, "updated": 0}
     assert _row(receiver.store, ids["a"])["status"] == "delivered"
     assert receiver.count(t.delivery_reports) == 7
+
+
+def test_reports_move_the_monthly_spend_with_the_ledger(receiver: Receiver, project: Project) -> None:
+    """A failure report takes the message's cost back (SOLAPI does not charge it); a report that
+    settles a pending row adds its cost; the running total stays the ledger's own sum."""
+    sent_at = utcnow()
+    ids = _ledger(receiver.store,
+                  a={"provider_message_id": "M-A", "cost": Decimal("8.40"), "sent_at": sent_at},
+                  b={"provider_message_id": "M-B", "cost": Decimal("8.40"), "sent_at": sent_at},
+                  c={"status": "pending"})
+    change = SpendChange()
+    with receiver.store.write() as conn:
+        for key in "ab":  # what the deliveries stage recorded when SOLAPI accepted them
+            change.add(None, _row(receiver.store, ids[key]))
+        change.write(receiver.store, conn)
+    response = receiver.client.post(f"/webhooks/solapi/reports/{TOKEN}", json=[
+        _report("ev-1", "M-A", "4000"), _report("ev-2", "M-B", "3104"),
+        _report("ev-3", "M-C", "4000", ledgerId=str(ids["c"]))])
+    assert response.status_code == 200 and response.json()["updated"] == 3
+    price = Decimal(str(project.settings.solapi.prices["SMS"]))
+    with receiver.store.engine.connect() as conn:
+        ledger = [dict(r) for r in conn.execute(sa.select(t.deliveries)).mappings()]
+        assert spent(conn, month_of(sent_at)) == Decimal("8.40") + price
+    assert sum(part[1] for row in ledger if (part := counted(row))) == Decimal("8.40") + price
 
 
 def test_reports_answer_200_only_after_commit(receiver: Receiver) -> None:

@@ -32,12 +32,12 @@ from ...resources.solapi import (
 )
 from ...scheduling import in_quiet_hours, parse_clock, zone
 from ...state import tables as t
+from ...state.spend import COUNTED_AS_SENT, SpendChange, month_of, spent
 from ...state.store import utcnow
 from .context import RunContext
 
 # How far before the claim time to look for a reconciled message (clock skew with SOLAPI).
 RECONCILE_MARGIN = timedelta(minutes=5)
-COUNTED_AS_SENT = ("pending", "sent", "delivered")
 
 
 class Sender(Protocol):
@@ -113,16 +113,26 @@ _SHARED = ("status", "status_code", "status_message", "group_id", "reason", "cos
 
 
 def _settle(ctx: RunContext, conn: sa.Connection, outcomes: list[dict[str, Any]]) -> None:
-    """Write many outcomes with as few statements as possible.
+    """Write many outcomes of `pending` rows with as few statements as possible.
 
-    Most of a batch shares everything but SOLAPI's message id (accepted, same group, same
-    price): those rows get one UPDATE for the shared values and a two-value executemany for
-    the ids; the rest (failures, mixed prices) one full executemany.
+    A row a delivery report already moved on (it can arrive before SOLAPI's own answer is
+    recorded) keeps what the report said, which is at least as new. Most of a batch shares
+    everything but SOLAPI's message id (accepted, same group, same price): those rows get one
+    UPDATE for the shared values and a two-value executemany for the ids; the rest (failures,
+    mixed prices) one full executemany. The month's spend moves in the same transaction.
     """
+    d = t.deliveries
+    if not outcomes:
+        return
+    still = {row[0] for row in conn.execute(
+        sa.select(d.c.id).where(_ids_in(o["b_id"] for o in outcomes), d.c.status == "pending").with_for_update(),
+        execution_options=ONE_OFF)}
+    outcomes = [o for o in outcomes if o["b_id"] in still]
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    change = SpendChange()
     for values in outcomes:
         groups.setdefault(tuple(values[k] for k in _SHARED), []).append(values)
-    d = t.deliveries
+        change.add(None, values)  # a pending row counts no cost yet
     rest: list[dict[str, Any]] = []
     for shared, members in groups.items():
         if len(members) < 50:
@@ -134,6 +144,7 @@ def _settle(ctx: RunContext, conn: sa.Connection, outcomes: list[dict[str, Any]]
                                                        for m in members])
     if rest:
         ctx.store.execute_many(conn, _SETTLE, rest)
+    change.write(ctx.store, conn)
 
 
 def reconcile_pending(ctx: RunContext, sender: Sender, summary: DeliverySummary) -> None:
@@ -202,7 +213,9 @@ def _apply_frequency_cap(ctx: RunContext, conn: sa.Connection, rows: list[dict[s
     return {r["id"] for r in rows if counts.get(r["phone"], 0) >= policy.cap_max}
 
 
-def _budget_left(ctx: RunContext, conn: sa.Connection) -> tuple[int | None, Decimal | None]:
+def _budget_left(ctx: RunContext, conn: sa.Connection, reserved: Decimal) -> tuple[int | None, Decimal | None]:
+    """Messages and cost the policy still allows. Pending rows count as messages, but carry no
+    cost until SOLAPI answers: `reserved` is the cost of this run's batches still in flight."""
     policy = ctx.campaign.policy
     d = t.deliveries
     count_left: int | None = None
@@ -213,13 +226,10 @@ def _budget_left(ctx: RunContext, conn: sa.Connection) -> tuple[int | None, Deci
         if policy.max_messages is not None:
             count_left = max(0, policy.max_messages - int(used_count))
         if policy.max_cost is not None:
-            cost_left = max(Decimal(0), Decimal(str(policy.max_cost)) - Decimal(str(used_cost)))
+            cost_left = max(Decimal(0), Decimal(str(policy.max_cost)) - Decimal(str(used_cost)) - reserved)
     monthly = (ctx.settings.budgets.get("messaging") or {}).get("monthlyCost")
     if monthly is not None:
-        month_start = utcnow().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        spent = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(d.c.cost), 0)).where(
-            d.c.status.in_(COUNTED_AS_SENT), d.c.sent_at >= month_start)).scalar_one()
-        monthly_left = max(Decimal(0), Decimal(str(monthly)) - Decimal(str(spent)))
+        monthly_left = max(Decimal(0), Decimal(str(monthly)) - spent(conn, month_of(utcnow())) - reserved)
         cost_left = monthly_left if cost_left is None else min(cost_left, monthly_left)
     return count_left, cost_left
 
@@ -259,8 +269,10 @@ def _in_batch(ctx: RunContext, batch_id: str, rows: list[dict[str, Any]]) -> Any
     return sa.and_(_scope(ctx), d.c.id.between(rows[0]["id"], rows[-1]["id"]), d.c.batch_id == batch_id)
 
 
-def _claim(ctx: RunContext, batch_size: int, summary: DeliverySummary, after: int) -> _Claim:
-    """Move the next `ready` rows (ids above `after`) to `pending` under a new batch id, policy first."""
+def _claim(ctx: RunContext, batch_size: int, summary: DeliverySummary, after: int,
+           reserved: Decimal = Decimal(0)) -> _Claim:
+    """Move the next `ready` rows (ids above `after`) to `pending` under a new batch id, policy
+    first (`reserved`: the cost of this run's batches still in flight)."""
     d = t.deliveries
     batch_id = uuid.uuid4().hex
     now = utcnow()
@@ -275,7 +287,7 @@ def _claim(ctx: RunContext, batch_size: int, summary: DeliverySummary, after: in
         capped = _apply_frequency_cap(ctx, conn, rows, now)
         _block(conn, sorted(capped), "frequency_cap", summary)
         rows = [r for r in rows if r["id"] not in capped]
-        count_left, cost_left = _budget_left(ctx, conn)
+        count_left, cost_left = _budget_left(ctx, conn, reserved)
         allowed: list[dict[str, Any]] = []
         spend = Decimal(0)
         over: list[int] = []
@@ -386,6 +398,7 @@ class _Flight:
     batch_id: str
     rows: list[dict[str, Any]]
     future: Future[SendManyResult]
+    cost: Decimal = Decimal(0)  # what the batch costs if SOLAPI accepts all of it
 
 
 def deliver(ctx: RunContext, sender: Sender | None, *, live: bool, force_resend: bool = False,
@@ -412,13 +425,15 @@ def deliver(ctx: RunContext, sender: Sender | None, *, live: bool, force_resend:
         try:
             while True:
                 while not exhausted and len(flights) < max(1, in_flight):
-                    claim = _claim(ctx, batch_size, summary, after=cursor)
+                    claim = _claim(ctx, batch_size, summary, after=cursor,
+                                   reserved=sum((f.cost for f in flights), Decimal(0)))
                     if claim.last_id is not None:
                         cursor = claim.last_id
                     if claim.rows:
                         summary.batches += 1
                         messages = [_solapi_message(ctx, r) for r in claim.rows]
-                        flights.append(_Flight(claim.batch_id, claim.rows, pool.submit(sender.send_many, messages)))
+                        flights.append(_Flight(claim.batch_id, claim.rows, pool.submit(sender.send_many, messages),
+                                               sum((_price(ctx, r["message_type"]) for r in claim.rows), Decimal(0))))
                     elif claim.last_id is None:
                         # nothing ready past the cursor; rows behind it are only ready again after a reconcile
                         exhausted = cursor == 0 or _total_ready(ctx) == 0
