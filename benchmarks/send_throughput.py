@@ -135,6 +135,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipients", type=int, default=1_000_000)
     parser.add_argument("--baseline", type=int, default=10_000)
+    parser.add_argument("--monthly-budget", type=int, default=None, metavar="KRW",
+                        help="keep budgets.messaging.monthlyCost set (checked before every batch); off by default")
     parser.add_argument("--child", nargs=2, metavar=("PROJECT", "CAMPAIGN"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -163,7 +165,9 @@ def main() -> None:
         base_url = f"http://127.0.0.1:{port}"
         (tmp / "configs" / "campaigns").mkdir(parents=True)
         settings = (REPO / "configs" / "campaignflow.yaml").read_text(encoding="utf-8").replace(
-            "http://127.0.0.1:8701", base_url).replace("budgets:\n  messaging:\n    monthlyCost: 500000\n", "budgets:\n")
+            "http://127.0.0.1:8701", base_url).replace("budgets:\n  messaging:\n    monthlyCost: 500000\n", "budgets:\n" if
+                                                       args.monthly_budget is None else
+                                                       f"budgets:\n  messaging:\n    monthlyCost: {args.monthly_budget}\n")
         (tmp / "configs" / "campaignflow.yaml").write_text(settings, encoding="utf-8")
         (tmp / "configs" / "campaigns" / "bench_all.yaml").write_text(
             CAMPAIGN.format(name="bench_all", limit=args.recipients), encoding="utf-8")

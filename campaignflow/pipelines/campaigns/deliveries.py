@@ -124,9 +124,12 @@ def _settle(ctx: RunContext, conn: sa.Connection, outcomes: list[dict[str, Any]]
     d = t.deliveries
     if not outcomes:
         return
+    # By id range, not an id list: one statement for every batch (SQLite keeps the last 128
+    # statements it prepared, and ten thousand ids written out made each of them large).
+    ids = [o["b_id"] for o in outcomes]
     still = {row[0] for row in conn.execute(
-        sa.select(d.c.id).where(_ids_in(o["b_id"] for o in outcomes), d.c.status == "pending").with_for_update(),
-        execution_options=ONE_OFF)}
+        sa.select(d.c.id).where(_scope(ctx), d.c.id.between(min(ids), max(ids)), d.c.status == "pending")
+        .with_for_update())}
     outcomes = [o for o in outcomes if o["b_id"] in still]
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     change = SpendChange()
