@@ -41,9 +41,9 @@ class SpendChange:
     def __init__(self) -> None:
         self.by_month: dict[str, Decimal] = defaultdict(Decimal)
 
-    def add(self, before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> None:
-        """A row moved from `before` (None: it counted nothing) to `after`."""
-        for values, sign in ((before, -1), (after, 1)):
+    def add(self, before: Mapping[str, Any] | None, after: Mapping[str, Any], *, times: int = 1) -> None:
+        """`times` rows moved from `before` (None: they counted nothing) to `after`."""
+        for values, sign in ((before, -times), (after, times)):
             part = counted(values) if values is not None else None
             if part is not None:
                 self.by_month[part[0]] += sign * part[1]

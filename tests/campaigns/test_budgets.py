@@ -78,3 +78,38 @@ def test_the_monthly_budget_holds_across_occurrences_and_is_the_ledgers_own_sum(
     assert set(_fates(world, TODAY_KEY)) == {"budget"}
     ledger = world.ledger("review_request")
     assert sum(part[1] for row in ledger if (part := counted(row))) == _spent(world)
+
+
+def test_settling_a_batch_leaves_rows_a_report_settled_first_and_counts_each_cost_once(tmp_path) -> None:
+    """SOLAPI's delivery report can land before its own answer to the send is recorded."""
+    from types import SimpleNamespace
+
+    from campaignflow.pipelines.campaigns.deliveries import _outcome_values, _settle
+    from campaignflow.state.spend import SpendChange
+    from campaignflow.state.store import StateStore
+
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    store.migrate()
+    now = utcnow()
+    d = t.deliveries
+    with store.write() as conn:
+        conn.execute(sa.insert(d), [{"campaign": "c", "occurrence": "o", "recipient_key": str(i), "phone": "01012345678",
+                                     "message_type": "ATA", "status": "pending", "attempts": 1, "created_at": now,
+                                     "updated_at": now} for i in range(62)])
+        ids = list(conn.execute(sa.select(d.c.id).order_by(d.c.id)).scalars())
+        report = {"status": "delivered", "cost": ATA, "sent_at": now, "provider_message_id": f"M{ids[0]}"}
+        conn.execute(sa.update(d).where(d.c.id == ids[0]).values(report))  # the report came first
+        change = SpendChange()
+        change.add(None, report)
+        change.write(store, conn)
+    accepted = [_outcome_values(i, {"statusCode": "2000", "messageId": f"M{i}", "groupId": "G"}, ATA, now) for i in ids[:60]]
+    refused = [_outcome_values(i, {"statusCode": "3104", "messageId": f"M{i}", "groupId": "G"}, ATA, now) for i in ids[60:]]
+    with store.write() as conn:
+        _settle(SimpleNamespace(store=store), conn, accepted + refused)  # type: ignore[arg-type]
+    with store.engine.connect() as conn:
+        rows = {r["id"]: r for r in conn.execute(sa.select(d)).mappings()}
+        assert rows[ids[0]]["status"] == "delivered"
+        assert Counter(r["status"] for r in rows.values()) == {"delivered": 1, "sent": 59, "failed": 2}
+        assert all(rows[i]["provider_message_id"] == f"M{i}" for i in ids)
+        assert spent(conn, month_of(now)) == ATA * 60
+    store.dispose()

@@ -116,37 +116,37 @@ def _settle(ctx: RunContext, conn: sa.Connection, outcomes: list[dict[str, Any]]
     """Write many outcomes of `pending` rows with as few statements as possible.
 
     A row a delivery report already moved on (it can arrive before SOLAPI's own answer is
-    recorded) keeps what the report said, which is at least as new. Most of a batch shares
-    everything but SOLAPI's message id (accepted, same group, same price): those rows get one
-    UPDATE for the shared values and a two-value executemany for the ids; the rest (failures,
-    mixed prices) one full executemany. The month's spend moves in the same transaction.
+    recorded) keeps what the report said, which is at least as new: every UPDATE is guarded by
+    `status = pending`. Most of a batch shares everything but SOLAPI's message id (accepted,
+    same group, same price): those rows get one UPDATE for the shared values, whose row count
+    says what they add to the month's spend, and a two-value executemany for the ids. The rest
+    (failures, mixed prices: a few rows) are looked up, then written with one executemany.
     """
     d = t.deliveries
-    if not outcomes:
-        return
-    # By id range, not an id list: one statement for every batch (SQLite keeps the last 128
-    # statements it prepared, and ten thousand ids written out made each of them large).
-    ids = [o["b_id"] for o in outcomes]
-    still = {row[0] for row in conn.execute(
-        sa.select(d.c.id).where(_scope(ctx), d.c.id.between(min(ids), max(ids)), d.c.status == "pending")
-        .with_for_update())}
-    outcomes = [o for o in outcomes if o["b_id"] in still]
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    change = SpendChange()
     for values in outcomes:
         groups.setdefault(tuple(values[k] for k in _SHARED), []).append(values)
-        change.add(None, values)  # a pending row counts no cost yet
+    change = SpendChange()
     rest: list[dict[str, Any]] = []
     for shared, members in groups.items():
         if len(members) < 50:
             rest.extend(members)
             continue
-        conn.execute(sa.update(d).where(_ids_in(m["b_id"] for m in members)).values(dict(zip(_SHARED, shared))),
-                     execution_options=ONE_OFF)
+        shared_values = dict(zip(_SHARED, shared))
+        updated = conn.execute(sa.update(d).where(_ids_in(m["b_id"] for m in members), d.c.status == "pending")
+                               .values(shared_values), execution_options=ONE_OFF).rowcount
+        change.add(None, shared_values, times=updated)  # a pending row counts no cost yet
+        # A row a report settled first already carries this same message id.
         ctx.store.execute_many(conn, _SET_MESSAGE_ID, [{"b_id": m["b_id"], "provider_message_id": m["provider_message_id"]}
                                                        for m in members])
     if rest:
-        ctx.store.execute_many(conn, _SETTLE, rest)
+        still = set(conn.execute(sa.select(d.c.id).where(_ids_in(o["b_id"] for o in rest), d.c.status == "pending")
+                                 .with_for_update(), execution_options=ONE_OFF).scalars().all())
+        rest = [o for o in rest if o["b_id"] in still]
+        if rest:
+            ctx.store.execute_many(conn, _SETTLE, rest)
+        for values in rest:
+            change.add(None, values)
     change.write(ctx.store, conn)
 
 
@@ -283,7 +283,7 @@ def _claim(ctx: RunContext, batch_size: int, summary: DeliverySummary, after: in
         rows = [{"id": i, "phone": phone, "message_type": type_, "text": text, "subject": subject, "kakao": kakao}
                 for i, phone, type_, text, subject, kakao in conn.execute(
                     sa.select(d.c.id, d.c.phone, d.c.message_type, d.c.text, d.c.subject, d.c.kakao)
-                    .where(_scope(ctx), d.c.id > after, d.c.status == "ready").order_by(d.c.id).limit(batch_size))]
+                    .where(_scope(ctx), d.c.id > after, d.c.status == "ready").order_by(d.c.id).limit(batch_size)).all()]
         if not rows:
             return _Claim(batch_id, [], None)
         last_id = int(rows[-1]["id"])
