@@ -135,9 +135,11 @@ def _builtins(ctx: RunContext, now: datetime) -> dict[str, Any]:
 
 class LookupCache:
     """Lookup rows already fetched in this run, so a key shared by many recipients (a company,
-    a plan) is queried once, not once per chunk. Bounded: past `limit` keys it starts over."""
+    a plan) is queried once, not once per chunk. Bounded: past `limit` keys it starts over.
+    200,000 keys hold the 125,000 companies of the 1M-recipient benchmark for +10 MB of peak RSS
+    (messages stage 55 -> 48 s there); 50,000 kept clearing and re-querying."""
 
-    def __init__(self, limit: int = 50_000) -> None:
+    def __init__(self, limit: int = 200_000) -> None:
         self.limit = limit
         self._rows: dict[tuple[str, Any], dict[str, Any] | None] = {}  # None: the key has no row
 
