@@ -3,8 +3,8 @@
 The collector walks every tracked object of the oldest generation each time enough objects
 have survived younger collections. A Dagster process holds a million long-lived objects
 (modules, definitions), and bulk work keeps thousands of rows alive across collections, so a
-run spent 12-18 % of its time in collections that found nothing (measured with `gc.callbacks`
-in benchmarks/send_throughput.py). Rows, messages and ledger values hold no reference
+run spent 12-18 % of its time in collections that found nothing (benchmarks/send_throughput.py
+prints the time spent in the collector). Rows, messages and ledger values hold no reference
 cycles; what garbage cycles there are is collected when the work ends.
 """
 
@@ -17,7 +17,7 @@ from typing import Iterator
 # Net new container objects between youngest-generation collections during bulk work (Python's
 # default is 700), so the oldest generation is walked about 14 times less often. At 300,000
 # recipients collections went from 3.5 s to 0.9 s with the same peak RSS; 50,000 cut them to
-# 0.5 s but added 20 MB of peak RSS, which the 1M run cannot spare (its budget is 400 MB).
+# 0.5 s but added 20 MB of peak RSS (the 1M run's budget is 400 MB).
 BULK_THRESHOLD = 10_000
 
 
