@@ -253,6 +253,7 @@ class _Claim:
     batch_id: str
     rows: list[dict[str, Any]]  # claimed (pending) rows, id order
     last_id: int | None  # the highest id looked at (claimed or blocked): where the next claim starts
+    cost: Decimal = Decimal(0)  # what the claimed rows cost if SOLAPI accepts them all
 
 
 # Statements with ids written out are never the same twice: keep them out of SQLAlchemy's
@@ -316,8 +317,11 @@ def _claim(ctx: RunContext, batch_size: int, summary: DeliverySummary, after: in
             if extra:
                 conn.execute(sa.update(d).where(_ids_in(extra)).values(status="ready", batch_id=None),
                              execution_options=ONE_OFF)
-            allowed = [r for r in allowed if r["id"] in claimed]
-    return _Claim(batch_id, allowed, last_id)
+            kept = [r for r in allowed if r["id"] in claimed]
+            if len(kept) < len(allowed):  # another run claimed some first
+                allowed = kept
+                spend = sum((_price(ctx, r["message_type"]) for r in allowed), Decimal(0))
+    return _Claim(batch_id, allowed, last_id, spend)
 
 
 def _solapi_message(ctx: RunContext, row: dict[str, Any]) -> dict[str, Any]:
@@ -436,7 +440,7 @@ def deliver(ctx: RunContext, sender: Sender | None, *, live: bool, force_resend:
                         summary.batches += 1
                         messages = [_solapi_message(ctx, r) for r in claim.rows]
                         flights.append(_Flight(claim.batch_id, claim.rows, pool.submit(sender.send_many, messages),
-                                               sum((_price(ctx, r["message_type"]) for r in claim.rows), Decimal(0))))
+                                               claim.cost))
                     elif claim.last_id is None:
                         # nothing ready past the cursor; rows behind it are only ready again after a reconcile
                         exhausted = cursor == 0 or _total_ready(ctx) == 0

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Callable, Iterator
 
 import dagster as dg
+
 from ...config.models import Campaign
 from ...gctuning import fewer_collections
 from ...project import Project
