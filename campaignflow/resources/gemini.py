@@ -57,7 +57,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 import httpx
@@ -67,7 +66,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from .. import textlimits
-from .http import tls_context
+from .http import Closing, tls_context
 
 try:  # google-genai sends through httpx2 (a fork of httpx) when it is installed
     import httpx2
@@ -547,7 +546,7 @@ def _shared_genai_client(api_key: str, base_url: str | None, api_version: str, t
         return client
 
 
-class GeminiWriter:
+class GeminiWriter(Closing):
     """Drafts and scores post variants for a persona (see the module docstring).
 
     ``timeout`` is in seconds (the SDK takes milliseconds). ``backoff`` is the
@@ -596,14 +595,6 @@ class GeminiWriter:
     def close(self) -> None:
         if self._owns_client:
             self._client.close()
-
-    def __enter__(self) -> GeminiWriter:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     # -- prompts ----------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from typing import Self
 
 import httpx
 
-__all__ = ["HttpApiClient", "http_client", "tls_context"]
+__all__ = ["Closing", "HttpApiClient", "http_client", "tls_context"]
 
 
 @cache
@@ -34,14 +34,11 @@ def http_client(base_url: str, *, timeout: float, transport: httpx.BaseTransport
     )
 
 
-class HttpApiClient:
-    """What every provider client shares: it owns one httpx client and closes it (also as a
-    context manager). Subclasses set ``self._http`` with :func:`http_client`."""
-
-    _http: httpx.Client
+class Closing:
+    """A provider client used as a context manager: leaving the block calls ``close()``."""
 
     def close(self) -> None:
-        self._http.close()
+        raise NotImplementedError
 
     def __enter__(self) -> Self:
         return self
@@ -50,3 +47,13 @@ class HttpApiClient:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+class HttpApiClient(Closing):
+    """What every provider client shares: it owns one httpx client and closes it (also as a
+    context manager). Subclasses set ``self._http`` with :func:`http_client`."""
+
+    _http: httpx.Client
+
+    def close(self) -> None:
+        self._http.close()
