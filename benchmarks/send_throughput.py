@@ -170,6 +170,8 @@ def main() -> None:
     parser.add_argument("--baseline", type=int, default=10_000)
     parser.add_argument("--monthly-budget", type=int, default=None, metavar="KRW",
                         help="keep budgets.messaging.monthlyCost set (checked before every batch); off by default")
+    parser.add_argument("--state-url", default=None, metavar="URL",
+                        help="the state store (an empty database; default: a new SQLite file)")
     parser.add_argument("--child", nargs=2, metavar=("PROJECT", "CAMPAIGN"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -208,7 +210,7 @@ def main() -> None:
             CAMPAIGN.format(name="bench_small", limit=args.baseline), encoding="utf-8")
         (tmp / "configs" / "campaigns" / "bench_empty.yaml").write_text(
             CAMPAIGN.format(name="bench_empty", limit=0), encoding="utf-8")
-        env = {**os.environ, "BUSINESS_DB_URL": business_url, "STATE_DB_URL": f"sqlite:///{tmp}/state.db",
+        env = {**os.environ, "BUSINESS_DB_URL": business_url, "STATE_DB_URL": args.state_url or f"sqlite:///{tmp}/state.db",
                "SOLAPI_API_KEY": SANDBOX_KEY, "SOLAPI_API_SECRET": SANDBOX_SECRET}
         results = {}
         mariadb = _mariadb_pid()

@@ -60,6 +60,8 @@ _PG_LOCK_KEY = int.from_bytes(hashlib.sha256(b"campaignflow.state.migrate").dige
 _MYSQL_TEXT_MAX_BYTES = 65_535  # TEXT; longer values fail (strict) or are truncated (INSERT IGNORE)
 
 _UNPREPARED: Any = object()
+#: Rows per statement of :meth:`StateStore.update_many` on PostgreSQL and MySQL.
+UPDATE_MANY_ROWS = 1000
 
 _DIALECTS = {"sqlite": "sqlite", "postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
 
@@ -97,6 +99,7 @@ class StateStore:
             self._engine = sa.create_engine(parsed, pool_pre_ping=True)
         self._insert_cache: dict[sa.Table, tuple[Any, _RowRules]] = {}
         self._prepared: dict[tuple[Any, tuple[str, ...]], _Prepared | None] = {}
+        self._updates: dict[tuple[Any, ...], Any] = {}  # update_many's statements, by shape
         self._sqlite_writer = threading.RLock()
 
     def __repr__(self) -> str:
@@ -267,6 +270,53 @@ class StateStore:
                 count = conn.exec_driver_sql(prepared.sql, prepared.parameters(rows)).rowcount
         return count if isinstance(count, int) and count >= 0 else -1
 
+    def update_many(self, conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], *,
+                    match: Sequence[str] = ("id",), where: Any = None) -> int:
+        """For each of ``rows``: ``UPDATE table SET <its other columns> WHERE <its match columns>
+        [AND where]``, in the caller's transaction. Returns how many rows matched (-1 when the
+        driver does not say).
+
+        Every row has the same keys, all columns of ``table``. ``where`` is a fixed condition
+        (``deliveries.status = 'pending'``), rendered into the SQL with its values written out.
+        SQLite runs an in-process ``executemany``. On PostgreSQL and MySQL an ``executemany``
+        of UPDATEs is one round trip per row (drivers batch only INSERTs): there, a statement
+        updates up to :data:`UPDATE_MANY_ROWS` rows from a derived table of their values, a
+        join on the match columns (``UPDATE .. FROM (VALUES ..)``; MySQL ``UPDATE .. JOIN
+        (SELECT .. UNION ALL ..)``).
+        """
+        if not rows:
+            return 0
+        keys = tuple(rows[0].keys())
+        assignments = tuple(k for k in keys if k not in match)
+        unknown = set(keys) - set(table.c.keys())
+        if unknown or not assignments or any(m not in keys for m in match):
+            raise ValueError(f"update_many on {table.name}: rows need the match columns {list(match)} and at least "
+                             f"one other column of the table (got {sorted(keys)})")
+        dialect = self._engine.dialect
+        condition = "" if where is None else str(where.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+        cache_key = (table.name, keys, tuple(match), condition)
+        if self._dialect == "sqlite":
+            statement = self._updates.get(cache_key)
+            if statement is None:
+                # The condition as rendered: an expanding IN cannot go through executemany.
+                fixed = () if not condition else (sa.text(condition.replace(":", "\\:")),)
+                statement = sa.update(table).where(*(table.c[m] == sa.bindparam(f"m_{m}") for m in match), *fixed)
+                statement = self._updates[cache_key] = statement.values({k: sa.bindparam(k) for k in assignments})
+            return self.execute_many(conn, statement, [{**{f"m_{m}": row[m] for m in match},
+                                                        **{k: row[k] for k in assignments}} for row in rows])
+        prepared = self._updates.get(cache_key)
+        if prepared is None:
+            prepared = self._updates[cache_key] = _JoinedUpdate(table, keys, tuple(match), condition, dialect)
+        total = 0
+        for start in range(0, len(rows), UPDATE_MANY_ROWS):
+            chunk = rows[start:start + UPDATE_MANY_ROWS]
+            count = conn.exec_driver_sql(prepared.sql(len(chunk)), prepared.parameters(chunk)).rowcount
+            if not isinstance(count, int) or count < 0:
+                total = -1
+            elif total >= 0:
+                total += count
+        return total
+
     def _insert_statement(self, table: sa.Table) -> Any:
         if self._dialect == "sqlite":
             from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -342,6 +392,51 @@ class _Prepared:
 
                 columns.append([process(row[key]) for row in rows])
         return list(zip(*columns))
+
+
+class _JoinedUpdate:
+    """An UPDATE joined to a derived table of row values, for PostgreSQL and MySQL, as driver SQL
+    with ``%s`` placeholders (both drivers format client-side): see StateStore.update_many."""
+
+    def __init__(self, table: sa.Table, keys: tuple[str, ...], match: tuple[str, ...], condition: str,
+                 dialect: sa.Dialect) -> None:
+        quote = dialect.identifier_preparer.quote
+        name = quote(table.name)
+        assignments = [k for k in keys if k not in match]
+        self.columns = [(k, table.c[k].type._cached_bind_processor(dialect)) for k in keys]
+        joined = " AND ".join(f"{name}.{quote(m)} = v.{quote(m)}" for m in match)
+        if dialect.name == "postgresql":
+            guard = f" AND {condition.replace('%', '%%')}" if condition else ""
+            # Casts give every column its type even when a chunk holds only NULLs there.
+            self.row = "(" + ", ".join(f"CAST(%s AS {table.c[k].type.compile(dialect=dialect)})" for k in keys) + ")"
+            self.first_row = self.row
+            self.head = (f"UPDATE {name} SET " + ", ".join(f"{quote(k)} = v.{quote(k)}" for k in assignments)
+                         + " FROM (VALUES ")
+            self.tail = f") AS v ({', '.join(quote(k) for k in keys)}) WHERE {joined}{guard}"
+        else:
+            self.first_row = "SELECT " + ", ".join(f"%s AS {quote(k)}" for k in keys)
+            self.row = "SELECT " + ", ".join("%s" for _ in keys)
+            self.head = f"UPDATE {name} JOIN ("
+            self.tail = (f") AS v ON {joined} SET " + ", ".join(f"{name}.{quote(k)} = v.{quote(k)}" for k in assignments)
+                         + (f" WHERE {condition.replace('%', '%%')}" if condition else ""))
+        self._separator = ", " if dialect.name == "postgresql" else " UNION ALL "
+        self._sql: dict[int, str] = {}
+
+    def sql(self, count: int) -> str:
+        found = self._sql.get(count)
+        if found is None:
+            found = self.head + self.first_row + (self._separator + self.row) * (count - 1) + self.tail
+            if len(self._sql) < 4:  # full chunks and a few remainders
+                self._sql[count] = found
+        return found
+
+    def parameters(self, rows: Sequence[Mapping[str, Any]]) -> tuple[Any, ...]:
+        flat: list[Any] = []
+        for row in rows:
+            for key, processor in self.columns:
+                value = row[key]
+                flat.append(processor(value) if processor is not None and value is not None else value)
+        return tuple(flat)
 
 
 class _RowRules:

@@ -201,3 +201,17 @@ def test_on_mariadb_and_postgresql(tmp_path, monkeypatch, mariadb_url, postgres_
         _assert_each_usable_recipient_got_exactly_one(world, "review_request", "2026-11-12")
         again = world.run("review_request", live=True, occurrence="2026-11-12")
         assert again.success and again.metadata["deliveries"]["sent"] == 0
+
+
+@pytest.mark.mariadb
+def test_with_the_state_store_on_mariadb(tmp_path, monkeypatch, mariadb_url) -> None:  # type: ignore[no-untyped-def]
+    """The ledger's bulk statements (duplicate marking, joined updates) on MySQL's dialect."""
+    (tmp_path / "db").mkdir()
+    for world in make_world(tmp_path, monkeypatch, mariadb_url(), f"sqlite:///{tmp_path}/db/business.db"):
+        world.sandbox.solapi.inject("drop_after_accept", times=1)
+        outcome = world.run("review_request", live=True, occurrence="2026-11-12")
+        assert outcome.success, outcome.error
+        _assert_each_usable_recipient_got_exactly_one(world, "review_request", "2026-11-12")
+        assert outcome.metadata["audience"]["status/duplicate_phone"] > 0
+        again = world.run("review_request", live=True, occurrence="2026-11-12")
+        assert again.success and again.metadata["deliveries"]["sent"] == 0

@@ -315,6 +315,55 @@ def test_insert_ignore_is_in_the_callers_transaction(migrated: StateStore) -> No
         assert _count(conn, tables.deliveries) == 0
 
 
+# -- update_many ------------------------------------------------------------------------------
+
+
+def test_update_many_sets_each_rows_own_values_in_few_statements(migrated: StateStore) -> None:
+    d = tables.deliveries
+    with migrated.engine.begin() as conn:
+        migrated.insert_ignore(conn, d, [_delivery(f"r{i:04d}", status="pending") for i in range(2500)])
+        ids = dict(conn.execute(sa.select(d.c.recipient_key, d.c.id)).all())
+        conn.execute(sa.update(d).where(d.c.recipient_key == "r0007").values(status="delivered"))  # moved on already
+    later = datetime(2026, 3, 1, 9, 30, 15, 123456, tzinfo=ZoneInfo("Asia/Seoul"))
+    rows = [{"id": ids[f"r{i:04d}"], "status": "sent", "provider_message_id": f"M4V{i:029d}",
+             "cost": Decimal("8.40") if i % 2 else None, "sent_at": later, "status_message": "50% 'quoted' :x"}
+            for i in range(2500)]
+    executions: list[Any] = []
+    sa.event.listen(migrated.engine, "before_cursor_execute", _record_statements(executions))
+    with migrated.engine.begin() as conn:
+        matched = migrated.update_many(conn, d, rows, where=d.c.status == "pending")
+    assert matched == 2499  # the guard kept r0007
+    assert len(executions) == (1 if migrated.dialect == "sqlite" else 3)  # chunks of 1,000 on servers
+    with migrated.engine.connect() as conn:
+        got = {key: (status, mid, cost, sent_at, message) for key, status, mid, cost, sent_at, message in conn.execute(
+            sa.select(d.c.recipient_key, d.c.status, d.c.provider_message_id, d.c.cost, d.c.sent_at, d.c.status_message))}
+    assert got["r0007"] == ("delivered", None, None, None, None)
+    assert got["r0001"] == ("sent", f"M4V{1:029d}", Decimal("8.40"), later, "50% 'quoted' :x")
+    assert got["r2498"] == ("sent", f"M4V{2498:029d}", None, later, "50% 'quoted' :x")
+    assert sum(1 for status, *_ in got.values() if status == "sent") == 2499
+
+
+def test_update_many_matches_on_several_columns_with_an_in_condition(migrated: StateStore) -> None:
+    d = tables.deliveries
+    with migrated.engine.begin() as conn:
+        migrated.insert_ignore(conn, d, [_delivery("a"), _delivery("b", status="sent"), _delivery("a", occurrence="x")])
+        matched = migrated.update_many(
+            conn, d, [{"campaign": "welcome", "occurrence": "2025-01-01", "recipient_key": k, "text": f"new {k}"}
+                      for k in ("a", "b", "missing")],
+            match=("campaign", "occurrence", "recipient_key"), where=d.c.status.in_(("ready", "failed_render")))
+    assert matched == 1
+    with migrated.engine.connect() as conn:
+        texts = set(conn.execute(sa.select(d.c.occurrence, d.c.recipient_key, d.c.text)).all())
+    assert texts == {("2025-01-01", "a", "new a"), ("2025-01-01", "b", None), ("x", "a", None)}
+
+
+def test_update_many_refuses_rows_without_the_match_columns(migrated: StateStore) -> None:
+    with migrated.engine.begin() as conn, pytest.raises(ValueError, match="match columns"):
+        migrated.update_many(conn, tables.deliveries, [{"text": "x"}])
+    with migrated.engine.begin() as conn:
+        assert migrated.update_many(conn, tables.deliveries, []) == 0
+
+
 @pytest.mark.parametrize(
     ("rows", "message"),
     [

@@ -73,16 +73,20 @@ _INSERT_MEMBER = sa.insert(t.audience_members)
 def _mark_duplicates(conn: sa.Connection, campaign: str, occurrence: str) -> None:
     """Same key or same phone twice: the first row wins, later ones are recorded as duplicates.
 
-    Done in SQL so it costs no memory however large the audience; the derived table keeps
-    MySQL from refusing a subquery on the table being updated.
+    Done in SQL so it costs no memory however large the audience. The later rows are found by
+    numbering each key's rows in id order (a window function: SQLite 3.25+, PostgreSQL, MySQL 8,
+    MariaDB 10.2+) and updated with `id IN (...)` of them. `id NOT IN (the first ids)` read the
+    same but MariaDB ran it as a subquery per row: 250 s for 100,000 rows. The derived table
+    keeps MySQL from refusing a subquery on the table being updated.
     """
     m = t.audience_members
     scope = sa.and_(m.c.campaign == campaign, m.c.occurrence == occurrence)
     for status, column, reason in (("duplicate_key", m.c.recipient_key, "the query returned this key more than once"),
                                    ("duplicate_phone", m.c.phone, "another recipient has the same phone number")):
-        firsts = sa.select(sa.func.min(m.c.id).label("id")).where(scope, column.is_not(None)).group_by(column).subquery()
-        conn.execute(sa.update(m).where(scope, m.c.status == "ok", m.c.id.not_in(sa.select(firsts.c.id)))
-                     .values(status=status, reason=reason))
+        ranked = (sa.select(m.c.id, sa.func.row_number().over(partition_by=column, order_by=m.c.id).label("n"))
+                  .where(scope, column.is_not(None)).subquery("ranked"))
+        later = sa.select(ranked.c.id).where(ranked.c.n > 1)
+        conn.execute(sa.update(m).where(scope, m.c.status == "ok", m.c.id.in_(later)).values(status=status, reason=reason))
 
 
 def select_audience(ctx: RunContext) -> AudienceSummary:

@@ -96,7 +96,7 @@ def _outcome_values(row_id: int, message: dict[str, Any], price: Decimal, now: d
     code = str(message.get("statusCode", ""))
     status = {"accepted": "sent", "pending": "sent", "delivered": "delivered"}.get(classify_status(code), "failed")
     sent = status != "failed"
-    return {"b_id": row_id, "status": status, "status_code": code,
+    return {"id": row_id, "status": status, "status_code": code,
             "status_message": str(message.get("statusMessage", ""))[:500],
             "provider_message_id": message.get("messageId"), "group_id": message.get("groupId"),
             "reason": None if sent else code, "cost": price if sent else Decimal(0),
@@ -104,11 +104,6 @@ def _outcome_values(row_id: int, message: dict[str, Any], price: Decimal, now: d
             "updated_at": now}
 
 
-_SETTLE = sa.update(t.deliveries).where(t.deliveries.c.id == sa.bindparam("b_id")).values(
-    {name: sa.bindparam(name) for name in ("status", "status_code", "status_message", "provider_message_id", "group_id",
-                                           "reason", "cost", "sent_at", "final_at", "updated_at")})
-_SET_MESSAGE_ID = sa.update(t.deliveries).where(t.deliveries.c.id == sa.bindparam("b_id")).values(
-    provider_message_id=sa.bindparam("provider_message_id"))
 _SHARED = ("status", "status_code", "status_message", "group_id", "reason", "cost", "sent_at", "final_at", "updated_at")
 
 
@@ -119,8 +114,8 @@ def _settle(ctx: RunContext, conn: sa.Connection, outcomes: list[dict[str, Any]]
     recorded) keeps what the report said, which is at least as new: every UPDATE is guarded by
     `status = pending`. Most of a batch shares everything but SOLAPI's message id (accepted,
     same group, same price): those rows get one UPDATE for the shared values, whose row count
-    says what they add to the month's spend, and a two-value executemany for the ids. The rest
-    (failures, mixed prices: a few rows) are looked up, then written with one executemany.
+    says what they add to the month's spend, and one `update_many` for the ids. The rest
+    (failures, mixed prices: a few rows) are looked up, then written with one `update_many`.
     """
     d = t.deliveries
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
@@ -133,18 +128,17 @@ def _settle(ctx: RunContext, conn: sa.Connection, outcomes: list[dict[str, Any]]
             rest.extend(members)
             continue
         shared_values = dict(zip(_SHARED, shared))
-        updated = conn.execute(sa.update(d).where(_ids_in(m["b_id"] for m in members), d.c.status == "pending")
+        updated = conn.execute(sa.update(d).where(_ids_in(m["id"] for m in members), d.c.status == "pending")
                                .values(shared_values), execution_options=ONE_OFF).rowcount
         change.add(None, shared_values, times=updated)  # a pending row counts no cost yet
         # A row a report settled first already carries this same message id.
-        ctx.store.execute_many(conn, _SET_MESSAGE_ID, [{"b_id": m["b_id"], "provider_message_id": m["provider_message_id"]}
-                                                       for m in members])
+        ctx.store.update_many(conn, d, [{"id": m["id"], "provider_message_id": m["provider_message_id"]}
+                                        for m in members])
     if rest:
-        still = set(conn.execute(sa.select(d.c.id).where(_ids_in(o["b_id"] for o in rest), d.c.status == "pending")
+        still = set(conn.execute(sa.select(d.c.id).where(_ids_in(o["id"] for o in rest), d.c.status == "pending")
                                  .with_for_update(), execution_options=ONE_OFF).scalars().all())
-        rest = [o for o in rest if o["b_id"] in still]
-        if rest:
-            ctx.store.execute_many(conn, _SETTLE, rest)
+        rest = [o for o in rest if o["id"] in still]
+        ctx.store.update_many(conn, d, rest)
         for values in rest:
             change.add(None, values)
     change.write(ctx.store, conn)
@@ -172,19 +166,17 @@ def reconcile_pending(ctx: RunContext, sender: Sender, summary: DeliverySummary)
         since = (min(claimed) - RECONCILE_MARGIN) if claimed else None
         found.update(sender.find_messages_by_custom_field(LEDGER_FIELD, unknown, since=since))
     now = utcnow()
+    settled = [_outcome_values(row["id"], found[str(row["id"])], _price(ctx, row["message_type"]), now)
+               for row in pending if str(row["id"]) in found]
+    # SOLAPI has no message with these ledger ids: they were never accepted, so sending is safe.
+    unsent = [row["id"] for row in pending if str(row["id"]) not in found]
     with ctx.store.write() as conn:
-        settled = []
-        for row in pending:
-            message = found.get(str(row["id"]))
-            if message is not None:
-                settled.append(_outcome_values(row["id"], message, _price(ctx, row["message_type"]), now))
-                summary.reconciled += 1
-            else:
-                # SOLAPI has no message with this ledger id: it was never accepted, so sending is safe.
-                conn.execute(sa.update(d).where(d.c.id == row["id"], d.c.status == "pending")
-                             .values(status="ready", batch_id=None, updated_at=now))
-                summary.requeued += 1
+        if unsent:
+            conn.execute(sa.update(d).where(_ids_in(unsent), d.c.status == "pending")
+                         .values(status="ready", batch_id=None, updated_at=now), execution_options=ONE_OFF)
         _settle(ctx, conn, settled)
+    summary.reconciled += len(settled)
+    summary.requeued += len(unsent)
 
 
 # -- policy ------------------------------------------------------------------------------

@@ -237,15 +237,8 @@ def _write(ctx: RunContext, ledger: list[dict[str, Any]]) -> None:
             ctx.store.insert_ignore(conn, d, fresh)
         stale = [e for e in ledger if existing.get(e["recipient_key"]) in UNSENT]
         if stale:
-            conn.execute(
-                sa.update(d).where(d.c.campaign == sa.bindparam("b_campaign"), d.c.occurrence == sa.bindparam("b_occurrence"),
-                                   d.c.recipient_key == sa.bindparam("b_key"),
-                                   # no IN (...): expanding parameters cannot be used with executemany
-                                   sa.or_(*(d.c.status == status for status in UNSENT)))
-                .values(status=sa.bindparam("status"), reason=sa.bindparam("reason"),
-                        status_message=sa.bindparam("status_message"), message_type=sa.bindparam("message_type"),
-                        text=sa.bindparam("text"), subject=sa.bindparam("subject"), kakao=sa.bindparam("kakao"),
-                        phone=sa.bindparam("phone"), updated_at=sa.bindparam("updated_at")),
-                [{"b_campaign": e["campaign"], "b_occurrence": e["occurrence"], "b_key": e["recipient_key"],
-                  **{k: e[k] for k in ("status", "reason", "status_message", "message_type", "text", "subject", "kakao",
-                                       "phone", "updated_at")}} for e in stale])
+            ctx.store.update_many(
+                conn, d, [{k: e[k] for k in ("campaign", "occurrence", "recipient_key", "status", "reason", "status_message",
+                                             "message_type", "text", "subject", "kakao", "phone", "updated_at")}
+                          for e in stale],
+                match=("campaign", "occurrence", "recipient_key"), where=d.c.status.in_(UNSENT))
