@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
 
-__all__ = ["MIGRATIONS_DIR", "SQLITE_BEGIN", "VERSION_TABLE", "StateStore", "utcnow"]
+__all__ = ["MIGRATIONS_DIR", "ONE_OFF", "SQLITE_BEGIN", "VERSION_TABLE", "StateStore", "ids_in", "utcnow"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,21 @@ _UNPREPARED: Any = object()
 UPDATE_MANY_ROWS = 1000
 
 _DIALECTS = {"sqlite": "sqlite", "postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
+
+
+#: Execution options for a statement with ids written out (:func:`ids_in`): it is never the same
+#: twice, so it stays out of SQLAlchemy's compiled cache, where hundreds of them would hold tens
+#: of megabytes for nothing.
+ONE_OFF = {"compiled_cache": None}
+
+
+def ids_in(column: sa.Column[Any], ids: Any) -> Any:
+    """``table.column IN (1, 2, ...)`` with the ids written out (run it with :data:`ONE_OFF`).
+
+    For integer ids the store itself handed out: ten thousand bound parameters cost more to
+    build than the query takes to run, and a literal list leaves the planner nothing to guess.
+    """
+    return sa.text(f"{column.table.name}.{column.name} IN ({','.join(str(int(i)) for i in ids)})")
 
 
 def utcnow() -> datetime:

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from ...phones import normalize_phone, phone_problem
 from ...state import tables as t
-from ...state.store import utcnow
+from ...state.store import ONE_OFF, ids_in, utcnow
 from .context import RunContext
 
 STATUSES = ("ok", "invalid_phone", "missing_key", "duplicate_key", "duplicate_phone")
@@ -70,14 +70,19 @@ def _member(ctx: RunContext, row: dict[str, Any], key_col: str | None, phone_col
 _INSERT_MEMBER = sa.insert(t.audience_members)
 
 
+# Ids per UPDATE when marking duplicates.
+_MARK_CHUNK = 10_000
+
+
 def _mark_duplicates(conn: sa.Connection, campaign: str, occurrence: str) -> None:
     """Same key or same phone twice: the first row wins, later ones are recorded as duplicates.
 
-    Done in SQL so it costs no memory however large the audience. The later rows are found by
-    numbering each key's rows in id order (a window function: SQLite 3.25+, PostgreSQL, MySQL 8,
-    MariaDB 10.2+) and updated with `id IN (...)` of them. `id NOT IN (the first ids)` read the
-    same but MariaDB ran it as a subquery per row: 250 s for 100,000 rows. The derived table
-    keeps MySQL from refusing a subquery on the table being updated.
+    One query numbers each key's (each phone's) rows in id order (a window function: SQLite
+    3.25+, PostgreSQL, MySQL 8, MariaDB 10.2+) and returns the ids of the later ones; they are
+    updated by id, written out. Each statement is then a scan or an index lookup whatever the
+    planner believes: as one `UPDATE .. WHERE id [NOT] IN (subquery)` MariaDB ran a subquery per
+    row (250 s for 100,000 rows), and PostgreSQL, whose statistics do not know about rows
+    inserted in the same transaction, chose a nested loop that re-sorted the audience per row.
     """
     m = t.audience_members
     scope = sa.and_(m.c.campaign == campaign, m.c.occurrence == occurrence)
@@ -85,8 +90,10 @@ def _mark_duplicates(conn: sa.Connection, campaign: str, occurrence: str) -> Non
                                    ("duplicate_phone", m.c.phone, "another recipient has the same phone number")):
         ranked = (sa.select(m.c.id, sa.func.row_number().over(partition_by=column, order_by=m.c.id).label("n"))
                   .where(scope, column.is_not(None)).subquery("ranked"))
-        later = sa.select(ranked.c.id).where(ranked.c.n > 1)
-        conn.execute(sa.update(m).where(scope, m.c.status == "ok", m.c.id.in_(later)).values(status=status, reason=reason))
+        later = conn.execute(sa.select(ranked.c.id).where(ranked.c.n > 1)).scalars().all()
+        for start in range(0, len(later), _MARK_CHUNK):
+            conn.execute(sa.update(m).where(ids_in(m.c.id, later[start:start + _MARK_CHUNK]), m.c.status == "ok")
+                         .values(status=status, reason=reason), execution_options=ONE_OFF)
 
 
 def select_audience(ctx: RunContext) -> AudienceSummary:

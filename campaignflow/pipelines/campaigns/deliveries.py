@@ -33,7 +33,7 @@ from ...resources.solapi import (
 from ...scheduling import in_quiet_hours, parse_clock, zone
 from ...state import tables as t
 from ...state.spend import COUNTED_AS_SENT, SpendChange, month_of, spent
-from ...state.store import utcnow
+from ...state.store import ONE_OFF, ids_in, utcnow
 from .context import RunContext
 
 # How far before the claim time to look for a reconciled message (clock skew with SOLAPI).
@@ -248,15 +248,8 @@ class _Claim:
     cost: Decimal = Decimal(0)  # what the claimed rows cost if SOLAPI accepts them all
 
 
-# Statements with ids written out are never the same twice: keep them out of SQLAlchemy's
-# compiled cache, where five hundred of them would hold tens of megabytes for nothing.
-ONE_OFF = {"compiled_cache": None}
-
-
 def _ids_in(ids: Any) -> Any:
-    """`deliveries.id IN (...)` with the ids written out (run it with ONE_OFF): they are integers
-    from the ledger, and ten thousand bound parameters cost more to build than the query to run."""
-    return sa.text("deliveries.id IN (%s)" % ",".join(str(int(i)) for i in ids))
+    return ids_in(t.deliveries.c.id, ids)
 
 
 def _in_batch(ctx: RunContext, batch_id: str, rows: list[dict[str, Any]]) -> Any:
