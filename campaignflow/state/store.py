@@ -325,13 +325,14 @@ class StateStore:
             cursor.close()
 
     def update_many(self, conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], *,
-                    match: Sequence[str] = ("id",), where: Any = None) -> int:
-        """For each of ``rows``: ``UPDATE table SET <its other columns> WHERE <its match columns>
-        [AND where]``, in the caller's transaction. Returns how many rows matched (-1 when the
-        driver does not say).
+                    match: Sequence[str] = ("id",), where: Any = None, same: Mapping[str, Any] | None = None) -> int:
+        """For each of ``rows``: ``UPDATE table SET <its other columns> [, <same>] WHERE <its match
+        columns> [AND where]``, in the caller's transaction. Returns how many rows matched (-1 when
+        the driver does not say).
 
-        Every row has the same keys, all columns of ``table``. ``where`` is a fixed condition
-        (``deliveries.status = 'pending'``), rendered into the SQL with its values written out.
+        Every row has the same keys, all columns of ``table``. ``same`` holds values every row gets
+        (a batch's status, group and price: sent once per statement, not once per row). ``where``
+        is a fixed condition (``deliveries.status = 'pending'``), rendered with its values written out.
         SQLite runs an in-process ``executemany``. On PostgreSQL and MySQL an ``executemany``
         of UPDATEs is one round trip per row (drivers batch only INSERTs): there, a statement
         updates up to :data:`UPDATE_MANY_ROWS` rows from a derived table of their values, a
@@ -340,31 +341,36 @@ class StateStore:
         """
         if not rows:
             return 0
+        same = dict(same or {})
         keys = tuple(rows[0].keys())
         assignments = tuple(k for k in keys if k not in match)
-        unknown = set(keys) - set(table.c.keys())
-        if unknown or not assignments or any(m not in keys for m in match):
-            raise ValueError(f"update_many on {table.name}: rows need the match columns {list(match)} and at least "
-                             f"one other column of the table (got {sorted(keys)})")
+        unknown = (set(keys) | set(same)) - set(table.c.keys())
+        if unknown or not (assignments or same) or any(m not in keys for m in match) or set(same) & set(keys):
+            raise ValueError(f"update_many on {table.name}: rows need the match columns {list(match)}, and rows and "
+                             f"`same` together at least one other column of the table, each once "
+                             f"(got {sorted(keys)} and {sorted(same)})")
         dialect = self._engine.dialect
         condition = "" if where is None else str(where.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
-        cache_key = (table.name, keys, tuple(match), condition)
+        cache_key = (table.name, keys, tuple(match), tuple(same), condition)
         if self._dialect == "sqlite":
             statement = self._updates.get(cache_key)
             if statement is None:
                 # The condition as rendered: an expanding IN cannot go through executemany.
                 fixed = () if not condition else (sa.text(condition.replace(":", "\\:")),)
                 statement = sa.update(table).where(*(table.c[m] == sa.bindparam(f"m_{m}") for m in match), *fixed)
-                statement = self._updates[cache_key] = statement.values({k: sa.bindparam(k) for k in assignments})
+                statement = self._updates[cache_key] = statement.values(
+                    {k: sa.bindparam(k) for k in (*assignments, *same)})
+            # In-process: the shared values ride along with each row (each distinct object is bound once).
             return self.execute_many(conn, statement, [{**{f"m_{m}": row[m] for m in match},
-                                                        **{k: row[k] for k in assignments}} for row in rows])
+                                                        **{k: row[k] for k in assignments}, **same} for row in rows])
         prepared = self._updates.get(cache_key)
         if prepared is None:
-            prepared = self._updates[cache_key] = _JoinedUpdate(table, keys, tuple(match), condition, dialect)
+            prepared = self._updates[cache_key] = _JoinedUpdate(table, keys, tuple(match), tuple(same), condition,
+                                                                dialect)
         total = 0
         for start in range(0, len(rows), UPDATE_MANY_ROWS):
             chunk = rows[start:start + UPDATE_MANY_ROWS]
-            count = conn.exec_driver_sql(prepared.sql(len(chunk)), prepared.parameters(chunk)).rowcount
+            count = conn.exec_driver_sql(prepared.sql(len(chunk)), prepared.parameters(chunk, same)).rowcount
             if not isinstance(count, int) or count < 0:
                 total = -1
             elif total >= 0:
@@ -523,30 +529,36 @@ class _Copier:
 
 class _JoinedUpdate:
     """An UPDATE joined to a derived table of row values, for PostgreSQL and MySQL, as driver SQL
-    with ``%s`` placeholders (both drivers format client-side): see StateStore.update_many."""
+    with ``%s`` placeholders (both drivers format client-side): see StateStore.update_many.
+    ``same`` columns are set from one placeholder each, not from the derived table."""
 
-    def __init__(self, table: sa.Table, keys: tuple[str, ...], match: tuple[str, ...], condition: str,
-                 dialect: sa.Dialect) -> None:
+    def __init__(self, table: sa.Table, keys: tuple[str, ...], match: tuple[str, ...], same: tuple[str, ...],
+                 condition: str, dialect: sa.Dialect) -> None:
         quote = dialect.identifier_preparer.quote
         name = quote(table.name)
         assignments = [k for k in keys if k not in match]
         self.columns = [(k, table.c[k].type._cached_bind_processor(dialect)) for k in keys]
+        self.same = [(k, table.c[k].type._cached_bind_processor(dialect)) for k in same]
+        self.postgresql = dialect.name == "postgresql"
         joined = " AND ".join(f"{name}.{quote(m)} = v.{quote(m)}" for m in match)
-        if dialect.name == "postgresql":
-            guard = f" AND {condition.replace('%', '%%')}" if condition else ""
+        guard = condition.replace("%", "%%")
+        if self.postgresql:
             # Casts give every column its type even when a chunk holds only NULLs there.
             self.row = "(" + ", ".join(f"CAST(%s AS {table.c[k].type.compile(dialect=dialect)})" for k in keys) + ")"
             self.first_row = self.row
-            self.head = (f"UPDATE {name} SET " + ", ".join(f"{quote(k)} = v.{quote(k)}" for k in assignments)
+            sets = [f"{quote(k)} = CAST(%s AS {table.c[k].type.compile(dialect=dialect)})" for k in same]
+            self.head = (f"UPDATE {name} SET " + ", ".join(sets + [f"{quote(k)} = v.{quote(k)}" for k in assignments])
                          + " FROM (VALUES ")
-            self.tail = f") AS v ({', '.join(quote(k) for k in keys)}) WHERE {joined}{guard}"
+            self.tail = f") AS v ({', '.join(quote(k) for k in keys)}) WHERE {joined}" + (f" AND {guard}" if guard else "")
         else:
             self.first_row = "SELECT " + ", ".join(f"%s AS {quote(k)}" for k in keys)
             self.row = "SELECT " + ", ".join("%s" for _ in keys)
             self.head = f"UPDATE {name} JOIN ("
-            self.tail = (f") AS v ON {joined} SET " + ", ".join(f"{name}.{quote(k)} = v.{quote(k)}" for k in assignments)
-                         + (f" WHERE {condition.replace('%', '%%')}" if condition else ""))
-        self._separator = ", " if dialect.name == "postgresql" else " UNION ALL "
+            sets = [f"{name}.{quote(k)} = %s" for k in same]
+            self.tail = (f") AS v ON {joined} SET " + ", ".join([f"{name}.{quote(k)} = v.{quote(k)}" for k in assignments]
+                                                                 + sets)
+                         + (f" WHERE {guard}" if guard else ""))
+        self._separator = ", " if self.postgresql else " UNION ALL "
         self._sql: dict[int, str] = {}
 
     def sql(self, count: int) -> str:
@@ -557,13 +569,16 @@ class _JoinedUpdate:
                 self._sql[count] = found
         return found
 
-    def parameters(self, rows: Sequence[Mapping[str, Any]]) -> tuple[Any, ...]:
+    def parameters(self, rows: Sequence[Mapping[str, Any]], same: Mapping[str, Any]) -> tuple[Any, ...]:
         flat: list[Any] = []
         for row in rows:
             for key, processor in self.columns:
                 value = row[key]
                 flat.append(processor(value) if processor is not None and value is not None else value)
-        return tuple(flat)
+        shared = [processor(same[key]) if processor is not None and same[key] is not None else same[key]
+                  for key, processor in self.same]
+        # PostgreSQL's SET comes before the derived table, MySQL's after it.
+        return tuple(shared + flat) if self.postgresql else tuple(flat + shared)
 
 
 class _RowRules:

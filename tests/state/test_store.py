@@ -379,6 +379,28 @@ def test_update_many_matches_on_several_columns_with_an_in_condition(migrated: S
     assert texts == {("2025-01-01", "a", "new a"), ("2025-01-01", "b", None), ("x", "a", None)}
 
 
+def test_update_many_sets_shared_values_on_every_matched_row(migrated: StateStore) -> None:
+    d = tables.deliveries
+    with migrated.engine.begin() as conn:
+        migrated.insert_ignore(conn, d, [_delivery(f"r{i:04d}", status="pending") for i in range(1500)])
+        ids = dict(conn.execute(sa.select(d.c.recipient_key, d.c.id)).all())
+        conn.execute(sa.update(d).where(d.c.recipient_key == "r0003").values(status="failed"))
+    at = datetime(2026, 5, 5, 5, 5, 5, 5, tzinfo=ZoneInfo("Asia/Seoul"))
+    shared = {"status": "sent", "group_id": "G4V1", "cost": Decimal("20.00"), "sent_at": at, "status_message": "50% ok"}
+    with migrated.engine.begin() as conn:
+        matched = migrated.update_many(conn, d, [{"id": ids[f"r{i:04d}"], "provider_message_id": f"M{i}"} for i in range(1500)],
+                                       where=d.c.status == "pending", same=shared)
+    assert matched == 1499
+    with migrated.engine.connect() as conn:
+        got = {k: tuple(v) for k, *v in conn.execute(sa.select(d.c.recipient_key, d.c.status, d.c.provider_message_id,
+                                                                  d.c.group_id, d.c.cost, d.c.sent_at, d.c.status_message))}
+    assert got["r0003"] == ("failed", None, None, None, None, None)
+    assert got["r1499"] == ("sent", "M1499", "G4V1", Decimal("20.00"), at, "50% ok")
+    assert sum(1 for v in got.values() if v[0] == "sent") == 1499
+    with migrated.engine.begin() as conn, pytest.raises(ValueError, match="each once"):
+        migrated.update_many(conn, d, [{"id": 1, "status": "x"}], same={"status": "y"})
+
+
 def test_update_many_refuses_rows_without_the_match_columns(migrated: StateStore) -> None:
     with migrated.engine.begin() as conn, pytest.raises(ValueError, match="match columns"):
         migrated.update_many(conn, tables.deliveries, [{"text": "x"}])

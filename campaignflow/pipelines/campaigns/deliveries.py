@@ -113,9 +113,10 @@ def _settle(ctx: RunContext, conn: sa.Connection, outcomes: list[dict[str, Any]]
     A row a delivery report already moved on (it can arrive before SOLAPI's own answer is
     recorded) keeps what the report said, which is at least as new: every UPDATE is guarded by
     `status = pending`. Most of a batch shares everything but SOLAPI's message id (accepted,
-    same group, same price): those rows get one UPDATE for the shared values, whose row count
-    says what they add to the month's spend, and one `update_many` for the ids. The rest
-    (failures, mixed prices: a few rows) are looked up, then written with one `update_many`.
+    same group, same price): those rows get one `update_many` with the shared values sent once
+    (each row written once: on PostgreSQL every UPDATE is a new row version), whose row count
+    says what they add to the month's spend. The rest (failures, mixed prices: a few rows) are
+    looked up, then written with one `update_many`.
     """
     d = t.deliveries
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
@@ -128,12 +129,9 @@ def _settle(ctx: RunContext, conn: sa.Connection, outcomes: list[dict[str, Any]]
             rest.extend(members)
             continue
         shared_values = dict(zip(_SHARED, shared))
-        updated = conn.execute(sa.update(d).where(_ids_in(m["id"] for m in members), d.c.status == "pending")
-                               .values(shared_values), execution_options=ONE_OFF).rowcount
+        updated = ctx.store.update_many(conn, d, [{"id": m["id"], "provider_message_id": m["provider_message_id"]}
+                                                  for m in members], where=d.c.status == "pending", same=shared_values)
         change.add(None, shared_values, times=updated)  # a pending row counts no cost yet
-        # A row a report settled first already carries this same message id.
-        ctx.store.update_many(conn, d, [{"id": m["id"], "provider_message_id": m["provider_message_id"]}
-                                        for m in members])
     if rest:
         still = set(conn.execute(sa.select(d.c.id).where(_ids_in(o["id"] for o in rest), d.c.status == "pending")
                                  .with_for_update(), execution_options=ONE_OFF).scalars().all())
