@@ -115,15 +115,11 @@ def mark_dispatched(store: StateStore, ids: Sequence[int], run_keys: Sequence[st
         if len(key) > _RUN_KEY_MAX:
             raise ValueError(f"run key {key[:40]!r}... is longer than {_RUN_KEY_MAX} characters")
     e = webhook_events
-    stamp = now or utcnow()
-    statement = (
-        sa.update(e)
-        .where(e.c.id == sa.bindparam("b_id"), e.c.status == RECEIVED)
-        .values(status=DISPATCHED, run_key=sa.bindparam("b_run_key"), dispatched_at=stamp, status_reason=None)
-    )
     with store.engine.begin() as conn:
-        result = conn.execute(statement, [{"b_id": int(i), "b_run_key": k} for i, k in zip(ids, run_keys)])
-        return max(result.rowcount, 0)
+        moved = store.update_many(conn, e, [{"id": int(i), "run_key": k} for i, k in zip(ids, run_keys)],
+                                  where=e.c.status == RECEIVED,
+                                  same={"status": DISPATCHED, "dispatched_at": now or utcnow(), "status_reason": None})
+        return max(moved, 0)
 
 
 def _close(store: StateStore, event_id: int, status: str, reason: str) -> int:
