@@ -570,8 +570,8 @@ class SolapiSandbox:
         group.index[message_id] = len(group.ids)
         group.ids.append(message_id)
 
-    def _finalize(self, stored: _Stored, now: float, stamp: str | None = None) -> None:
-        """The carrier's report for one accepted message (`stamp`: `now` in ISO form, if known)."""
+    def _finalize(self, stored: _Stored, now: float, stamp: str) -> None:
+        """The carrier's report for one accepted message (`stamp`: `now` in ISO form)."""
         wire = stored.wire
         to = wire["to"]
         if wire["type"] in {"ATA", "CTA"} and to in self.non_kakao_users:
@@ -588,7 +588,6 @@ class SolapiSandbox:
             self._fail_delivery(stored, self.delivery_failures[to])
         else:
             wire.update(statusCode=DELIVERED, statusMessage=STATUS_MESSAGES[DELIVERED])
-        stamp = stamp or _iso(now)
         wire.update(dateReported=stamp, dateUpdated=stamp)
         stored.updated = now
 

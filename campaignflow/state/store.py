@@ -301,10 +301,10 @@ class StateStore:
         ORDER BY <copy order> ON CONFLICT DO NOTHING``: the first of two colliding rows wins, as
         with the other databases, and the row count says how many were inserted.
         """
-        copier = self._copiers.get((table, tuple(rows[0].keys())), _UNPREPARED)
+        keys = tuple(rows[0].keys())
+        copier = self._copiers.get((table, keys), _UNPREPARED)
         if copier is _UNPREPARED:
-            copier = self._copiers[(table, tuple(rows[0].keys()))] = _Copier.build(table, tuple(rows[0].keys()),
-                                                                                  self._engine.dialect)
+            copier = self._copiers[(table, keys)] = _Copier.build(table, keys, self._engine.dialect)
         if copier is None:
             return None
         if not conn.in_transaction():
@@ -314,12 +314,11 @@ class StateStore:
             if not skip_duplicates:
                 cursor.copy_expert(copier.copy_into(table.name), copier.text(rows))
                 return int(cursor.rowcount)
-            scratch = copier.scratch
-            cursor.execute(copier.scratch_table(table.name, scratch))
-            cursor.copy_expert(copier.copy_into(scratch), copier.text(rows))
-            cursor.execute(copier.insert_from(table.name, scratch))
+            cursor.execute(copier.create_scratch(table.name))
+            cursor.copy_expert(copier.copy_into(copier.scratch), copier.text(rows))
+            cursor.execute(copier.insert_from_scratch(table.name))
             inserted = int(cursor.rowcount)
-            cursor.execute(f"TRUNCATE {scratch}")
+            cursor.execute(f"TRUNCATE {copier.scratch}")
             return inserted
         finally:
             cursor.close()
@@ -393,6 +392,24 @@ class StateStore:
         self._engine.dispose()
 
 
+def _bound_column(processor: Any, values: Sequence[Any]) -> list[Any]:
+    """One column of a batch through its type's bind processor (None stays None). Rows of a
+    batch share objects (its timestamps): each distinct one is processed once."""
+    if processor is None:
+        return list(values)
+    seen: dict[int, Any] = {}
+    bound = []
+    for value in values:
+        if value is None:
+            bound.append(None)
+            continue
+        found = seen.get(id(value), seen)
+        if found is seen:
+            found = seen[id(value)] = processor(value)
+        bound.append(found)
+    return bound
+
+
 class _NotPreparable(Exception):
     """The statement needs SQLAlchemy's own execution (a callable or SQL column default)."""
 
@@ -440,17 +457,7 @@ class _Prepared:
             elif processor is None:
                 columns.append([row[key] for row in rows])
             else:
-                seen: dict[int, Any] = {}  # rows of a batch share objects (timestamps): process each once
-
-                def process(value: Any, seen: dict[int, Any] = seen, processor: Any = processor) -> Any:
-                    if value is None:
-                        return None
-                    found = seen.get(id(value), seen)
-                    if found is seen:
-                        found = seen[id(value)] = processor(value)
-                    return found
-
-                columns.append([process(row[key]) for row in rows])
+                columns.append(_bound_column(processor, [row[key] for row in rows]))
         return list(zip(*columns))
 
 
@@ -508,23 +515,19 @@ class _Copier:
     def copy_into(self, name: str) -> str:
         return f"COPY {name} ({self._quoted}) FROM STDIN"
 
-    def scratch_table(self, table: str, scratch: str) -> str:
+    def create_scratch(self, table: str) -> str:
         # Only the copied columns, no constraints; a serial keeps the copy order.
-        return (f"CREATE TEMPORARY TABLE IF NOT EXISTS {scratch} AS SELECT {self._quoted} FROM {table} WITH NO DATA; "
-                f"ALTER TABLE {scratch} ADD COLUMN IF NOT EXISTS campaignflow_seq bigserial")
+        return (f"CREATE TEMPORARY TABLE IF NOT EXISTS {self.scratch} AS SELECT {self._quoted} FROM {table} "
+                f"WITH NO DATA; ALTER TABLE {self.scratch} ADD COLUMN IF NOT EXISTS campaignflow_seq bigserial")
 
-    def insert_from(self, table: str, scratch: str) -> str:
-        return (f"INSERT INTO {table} ({self._quoted}) SELECT {self._quoted} FROM {scratch} "
+    def insert_from_scratch(self, table: str) -> str:
+        return (f"INSERT INTO {table} ({self._quoted}) SELECT {self._quoted} FROM {self.scratch} "
                 "ORDER BY campaignflow_seq ON CONFLICT DO NOTHING")
 
     def text(self, rows: Sequence[Mapping[str, Any]]) -> io.StringIO:
         tail = "".join("\t" + c for c in self.constants) + "\n"
-        lines = []
-        pairs = list(zip(self.keys, self.processors))
-        for row in rows:
-            lines.append("\t".join(_copy_text(row[k] if p is None or row[k] is None else p(row[k]))
-                                   for k, p in pairs) + tail)
-        return io.StringIO("".join(lines))
+        columns = [_bound_column(p, [row[k] for row in rows]) for k, p in zip(self.keys, self.processors)]
+        return io.StringIO("".join("\t".join(map(_copy_text, values)) + tail for values in zip(*columns)))
 
 
 class _JoinedUpdate:
@@ -570,13 +573,9 @@ class _JoinedUpdate:
         return found
 
     def parameters(self, rows: Sequence[Mapping[str, Any]], same: Mapping[str, Any]) -> tuple[Any, ...]:
-        flat: list[Any] = []
-        for row in rows:
-            for key, processor in self.columns:
-                value = row[key]
-                flat.append(processor(value) if processor is not None and value is not None else value)
-        shared = [processor(same[key]) if processor is not None and same[key] is not None else same[key]
-                  for key, processor in self.same]
+        columns = [_bound_column(processor, [row[key] for row in rows]) for key, processor in self.columns]
+        flat = [value for values in zip(*columns) for value in values]
+        shared = [_bound_column(processor, [same[key]])[0] for key, processor in self.same]
         # PostgreSQL's SET comes before the derived table, MySQL's after it.
         return tuple(shared + flat) if self.postgresql else tuple(flat + shared)
 

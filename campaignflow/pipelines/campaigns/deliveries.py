@@ -112,33 +112,21 @@ def _settle(ctx: RunContext, conn: sa.Connection, outcomes: list[dict[str, Any]]
 
     A row a delivery report already moved on (it can arrive before SOLAPI's own answer is
     recorded) keeps what the report said, which is at least as new: every UPDATE is guarded by
-    `status = pending`. Most of a batch shares everything but SOLAPI's message id (accepted,
-    same group, same price): those rows get one `update_many` with the shared values sent once
-    (each row written once: on PostgreSQL every UPDATE is a new row version), whose row count
-    says what they add to the month's spend. The rest (failures, mixed prices: a few rows) are
-    looked up, then written with one `update_many`.
+    `status = pending`. A batch's rows share everything but SOLAPI's message id, except for a
+    few outcomes (failures, other prices): each group of equal outcomes is one `update_many` with
+    the shared values sent once (each row written once: on PostgreSQL every UPDATE is a new row
+    version), and its row count says what the group adds to the month's spend.
     """
     d = t.deliveries
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for values in outcomes:
         groups.setdefault(tuple(values[k] for k in _SHARED), []).append(values)
     change = SpendChange()
-    rest: list[dict[str, Any]] = []
     for shared, members in groups.items():
-        if len(members) < 50:
-            rest.extend(members)
-            continue
         shared_values = dict(zip(_SHARED, shared))
         updated = ctx.store.update_many(conn, d, [{"id": m["id"], "provider_message_id": m["provider_message_id"]}
                                                   for m in members], where=d.c.status == "pending", same=shared_values)
         change.add(None, shared_values, times=updated)  # a pending row counts no cost yet
-    if rest:
-        still = set(conn.execute(sa.select(d.c.id).where(_ids_in(o["id"] for o in rest), d.c.status == "pending")
-                                 .with_for_update(), execution_options=ONE_OFF).scalars().all())
-        rest = [o for o in rest if o["id"] in still]
-        ctx.store.update_many(conn, d, rest)
-        for values in rest:
-            change.add(None, values)
     change.write(ctx.store, conn)
 
 
