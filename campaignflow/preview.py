@@ -8,7 +8,7 @@ from typing import Any
 
 from . import textlimits
 from .phones import mask_phone, normalize_phone
-from .pipelines.campaigns.audience import _column
+from .pipelines.campaigns.audience import column_of
 from .pipelines.campaigns.context import Occurrence
 from .pipelines.campaigns.messages import RenderProblem, builtins_for, lookup_values, message_for
 from .project import Project
@@ -53,7 +53,7 @@ def preview_campaign(project: Project, name: str, *, limit: int = 5, payload: di
     phone_col = None
     for chunk in chunks:
         if chunk and phone_col is None:
-            phone_col = _column(chunk[0], campaign.audience.phone)
+            phone_col = column_of(list(chunk[0]), campaign.audience.phone)
         for row in chunk:
             out.selected += 1
             phone = normalize_phone(row.get(phone_col) if phone_col else None)
@@ -70,7 +70,7 @@ def preview_campaign(project: Project, name: str, *, limit: int = 5, payload: di
         rows = [s["row"] for s in sample]
         looked_up = lookup_values(campaign, business.database, rows, occurrence.sql_parameters(name))  # type: ignore[attr-defined]
         builtins = builtins_for(name, occurrence.key, utcnow())
-        key_col = _column(rows[0], campaign.audience.key)
+        key_col = column_of(list(rows[0]), campaign.audience.key)
         for item in sample:
             row = item["row"]
             recipient = str(row.get(key_col)) if key_col else "?"

@@ -91,7 +91,7 @@ def compile_template(source: str):  # type: ignore[no-untyped-def]
 
 
 @cache
-def _plain_parts(source: str) -> tuple[tuple[bool, str], ...] | None:
+def plain_parts(source: str) -> tuple[tuple[bool, str], ...] | None:
     """A template that is only text and `{{ name }}` outputs, as (is_name, text or name) parts.
 
     Most message templates are just that; joining their parts gives exactly what Jinja renders
@@ -120,7 +120,7 @@ def _plain_parts(source: str) -> tuple[tuple[bool, str], ...] | None:
 
 def render(source: str, values: dict[str, object]) -> str:
     """Render and trim: YAML block scalars end with a newline that is not part of the message."""
-    parts = _plain_parts(source)
+    parts = plain_parts(source)
     if parts is not None and all(name in values for is_name, name in parts if is_name):
         return "".join([str(values[text]) if is_name else text for is_name, text in parts]).strip()
     # anything else, and a missing name (StrictUndefined's error, or one of Jinja's globals)

@@ -651,18 +651,28 @@ class BusinessDatabase:
         the iterator early is fine; with PyMySQL it reads and discards the rest of
         the result (about 0.3 s per 200,000 rows) so the connection stays usable.
         """
+        chunks = self.stream_rows(sql, params)
+        return ([dict(zip(columns, row)) for row in rows] for columns, rows in chunks)
+
+    def stream_rows(
+        self, sql: str, params: Mapping[str, object] | None = None
+    ) -> Iterator[tuple[list[str], Sequence[Sequence[object]]]]:
+        """:meth:`stream` as ``(column names, rows)`` chunks, each row a tuple-like in column
+        order: no dict per row for a consumer that reads a million of them by position."""
         prepared = prepare_sql(sql, self._dialect)
         values = self._bound(sql, params)
         return self._stream(sa.text(prepared), values)
 
-    def _stream(self, statement: sa.TextClause, values: dict[str, object]) -> Iterator[list[dict[str, object]]]:
+    def _stream(
+        self, statement: sa.TextClause, values: dict[str, object]
+    ) -> Iterator[tuple[list[str], Sequence[Sequence[object]]]]:
         with self.connect_read_only() as conn:
             result: sa.CursorResult[Any] | None = None
             try:
                 result = conn.execute(statement.execution_options(yield_per=self.chunk_size), values)
                 keys = list(result.keys())
                 for part in result.partitions(self.chunk_size):
-                    yield [dict(zip(keys, row)) for row in part]
+                    yield keys, part
             except sa.exc.SQLAlchemyError as error:
                 raise self._error("query", error) from None
             finally:

@@ -32,11 +32,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import quote
 
 import httpx
 
+from .. import jsoncodec
 from ..phones import mask_phone
 from .http import HttpApiClient, http_client
 
@@ -267,16 +268,24 @@ _EVIDENCE_RANK: dict[StatusClass, int] = {
 # ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class MessageOutcome:
-    """One message of a send-many answer, accepted or failed at intake."""
+class MessageOutcome(NamedTuple):
+    """One message of a send-many answer, accepted or failed at intake.
+
+    A named tuple, not a dataclass: an answer holds up to 10,000 of them and a frozen
+    dataclass cost about 1.5 µs each to build. ``repr`` leaves the phone number out.
+    """
 
     message_id: str | None
     status_code: str
     status_message: str
     custom_fields: dict[str, str]
-    to: str | None = field(repr=False)  # a phone number: keep it out of reprs
+    to: str | None  # a phone number: keep it out of reprs
     accepted: bool
+
+    def __repr__(self) -> str:
+        return (f"MessageOutcome(message_id={self.message_id!r}, status_code={self.status_code!r}, "
+                f"status_message={self.status_message!r}, custom_fields={self.custom_fields!r}, "
+                f"accepted={self.accepted!r})")
 
     @property
     def ledger_id(self) -> str | None:
@@ -317,14 +326,10 @@ class SendManyResult:
 
 def _outcome(item: Mapping[str, Any], *, accepted: bool) -> MessageOutcome:
     custom = item.get("customFields") or {}
-    return MessageOutcome(
-        message_id=item.get("messageId"),
-        status_code=str(item.get("statusCode", "")),
-        status_message=str(item.get("statusMessage", "")),
-        custom_fields={str(k): str(v) for k, v in custom.items()},
-        to=item.get("to"),
-        accepted=accepted,
-    )
+    if not all(type(k) is str and type(v) is str for k, v in custom.items()):
+        custom = {str(k): str(v) for k, v in custom.items()}
+    return MessageOutcome(item.get("messageId"), str(item.get("statusCode", "")), str(item.get("statusMessage", "")),
+                          custom, item.get("to"), accepted)
 
 
 def _items(value: Any) -> list[Mapping[str, Any]]:
@@ -554,10 +559,15 @@ class SolapiClient(HttpApiClient):
         """One logical request with retries; ``unsafe`` marks a non-idempotent POST."""
         last_status: int | None = None
         last_error = ""
+        # Encoded once for every attempt; orjson writes UTF-8 (httpx's json= escapes each Hangul
+        # syllable as \uXXXX, twice the bytes) at a tenth of the standard library's time.
+        content = jsoncodec.dumps_bytes(json_body) if json_body is not None else None
         for attempt in range(1, self._max_attempts + 1):
             headers = {"Authorization": sign(self.api_key, self._api_secret)}
+            if content is not None:
+                headers["Content-Type"] = "application/json"
             try:
-                response = self._http.request(method, path, json=json_body, params=params, headers=headers)
+                response = self._http.request(method, path, content=content, params=params, headers=headers)
             except _NOT_SENT as exc:
                 last_status, last_error = None, type(exc).__name__
                 wait = self._backoff(attempt)
@@ -583,7 +593,7 @@ class SolapiClient(HttpApiClient):
                     raise SolapiRequestError(status, code, _redact(message, self._api_secret))
                 else:
                     try:
-                        return response.json()
+                        return jsoncodec.loads(response.content)
                     except ValueError as exc:
                         if unsafe:
                             raise OutcomeUnknown(

@@ -16,13 +16,12 @@ transaction never fails on lock upgrade) with
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +30,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
+
+from .bulk import (
+    Copier, JoinedUpdate, NotPreparable, Prepared, RowRules, Rows, as_tuples, literal_sql, plain_insert_table,
+)
 
 __all__ = ["MIGRATIONS_DIR", "ONE_OFF", "SQLITE_BEGIN", "VERSION_TABLE", "StateStore", "ids_in", "utcnow"]
 
@@ -58,7 +61,6 @@ SQLITE_CHECKPOINT_PAGES = 16_000
 MIGRATE_LOCK_TIMEOUT_S = 300
 # pg_advisory_xact_lock key: stable, derived from a name (PG advisory locks are per database).
 _PG_LOCK_KEY = int.from_bytes(hashlib.sha256(b"campaignflow.state.migrate").digest()[:8], "big", signed=True)
-_MYSQL_TEXT_MAX_BYTES = 65_535  # TEXT; longer values fail (strict) or are truncated (INSERT IGNORE)
 
 _UNPREPARED: Any = object()
 #: Rows per statement of :meth:`StateStore.update_many` on PostgreSQL and MySQL.
@@ -105,7 +107,8 @@ class StateStore:
             # sqlite3 keeps the last N statements it prepared per connection (default 128). The
             # ledger's one-off statements (ids written out) made that cache hold ~30 MB at 300,000
             # recipients; the statements that repeat are far fewer than 16.
-            self._engine = sa.create_engine(parsed, connect_args={"cached_statements": SQLITE_CACHED_STATEMENTS})
+            self._engine = sa.create_engine(parsed, connect_args={"cached_statements": SQLITE_CACHED_STATEMENTS},
+                                            pool_use_lifo=True)
             _configure_sqlite(self._engine)
         elif self._dialect == "mysql":
             # MySQL closes idle connections after wait_timeout (8 h by default).
@@ -113,10 +116,12 @@ class StateStore:
             _configure_mysql(self._engine)
         else:
             self._engine = sa.create_engine(parsed, pool_pre_ping=True)
-        self._insert_cache: dict[sa.Table, tuple[Any, _RowRules]] = {}
-        self._prepared: dict[tuple[Any, tuple[str, ...]], _Prepared | None] = {}
-        self._updates: dict[tuple[Any, ...], Any] = {}  # update_many's statements, by shape
-        self._copiers: dict[tuple[sa.Table, tuple[str, ...]], _Copier | None] = {}  # PostgreSQL COPY, by shape
+        self._rules: dict[sa.Table, RowRules] = {}
+        self._inserts: dict[tuple[sa.Table, bool], Any] = {}  # INSERT (skipping duplicates or not), by table
+        self._prepared: dict[tuple[Any, ...], Prepared | None] = {}  # driver SQL, by statement and shape
+        self._updates: dict[tuple[Any, ...], Any] = {}  # update_rows' joined updates, by shape
+        self._sqlite_updates: dict[tuple[Any, ...], tuple[Any, tuple[str, ...]]] = {}  # by shape and literals
+        self._copiers: dict[tuple[Any, ...], Copier | None] = {}  # PostgreSQL COPY, by shape
         self._sqlite_writer = threading.RLock()
 
     def __repr__(self) -> str:
@@ -194,12 +199,20 @@ class StateStore:
                 conn.invalidate()
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self, *, rebuildable: bool = False) -> Iterator[Connection]:
         """A transaction for read-then-write work.
 
         On SQLite it takes the write lock up front (``BEGIN IMMEDIATE``): a deferred transaction
         that reads and then writes fails at once with "database is locked" when another writer
         got there first, instead of waiting out the busy timeout. Elsewhere a plain transaction.
+
+        ``rebuildable``: what this transaction writes can be lost to a power cut without harm,
+        because a re-run writes it again (an audience snapshot, rendered ledger rows) or because
+        the ledger protocol recovers it (a settled batch falls back to ``pending`` and is
+        reconciled with the provider). On SQLite its commit then skips the fsync (``synchronous =
+        NORMAL`` for this transaction): the database stays consistent, and the next durable
+        commit (a claim before a send, a webhook in the inbox) makes it durable too. About 9 ms
+        per commit on this project's machine. Other databases decide durability themselves.
         """
         if self._dialect != "sqlite":
             with self.engine.connect() as conn, conn.begin():
@@ -209,9 +222,22 @@ class StateStore:
         # with sleeps of up to 100 ms: sixteen plans side by side lost most of their time there.
         # Other processes still meet at BEGIN IMMEDIATE. Reentrant, as a nested write() always was.
         with self._sqlite_writer, self.engine.connect() as conn:
-            conn.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
-            with conn.begin():
-                yield conn
+            # On the driver's connection: through SQLAlchemy the PRAGMA would open the transaction
+            # (autobegin), and SQLite refuses to change the level inside one.
+            raw = conn.connection.dbapi_connection
+            if rebuildable:
+                raw.execute("PRAGMA synchronous = NORMAL")  # type: ignore[union-attr]
+            try:
+                conn.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
+                with conn.begin():
+                    yield conn
+            finally:
+                if rebuildable:
+                    try:
+                        raw.execute("PRAGMA synchronous = FULL")  # type: ignore[union-attr]
+                    except Exception:  # never hand a NORMAL connection back to the pool
+                        conn.invalidate()
+                        raise
 
     def current_revision(self) -> str | None:
         """The schema's Alembic revision, or None when the store was never migrated."""
@@ -221,77 +247,114 @@ class StateStore:
             context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
             return context.get_current_revision()
 
+    # -- reads -----------------------------------------------------------------------------
+
+    @staticmethod
+    def plain_rows(conn: Connection, statement: Any) -> list[tuple[Any, ...]]:
+        """All rows of a SELECT as the driver's own tuples: no SQLAlchemy Row per row and no
+        result processing (about 1.3 µs a row on SQLite for a claim of 10,000 ledger rows). Only
+        for columns whose values need no conversion: integers and text."""
+        result = conn.execute(statement)
+        try:
+            return result.cursor.fetchall()  # type: ignore[no-any-return,union-attr]
+        finally:
+            result.close()
+
     # -- writes ----------------------------------------------------------------------------
 
-    def insert_ignore(self, conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> int:
-        """Insert ``rows`` into ``table``, skipping those that collide with an existing row (or an
-        earlier row of the batch) on a primary key or unique constraint. Returns how many rows
-        were inserted.
+    def insert_rows(self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Rows, *,
+                    constants: Mapping[str, Any] | None = None, skip_duplicates: bool = False) -> int:
+        """Insert ``rows`` — tuples, positional per ``columns`` — into ``table``, each with the
+        values of ``constants`` (bound once per call: a chunk's campaign, occurrence and
+        timestamps), in the caller's transaction (``conn``; the caller commits). Returns how many
+        rows were inserted (-1 when the driver does not say: not the case with sqlite3, psycopg2
+        or PyMySQL).
 
-        One statement execution for the whole batch, in the caller's transaction (``conn``; the
-        caller commits): SQLite runs an in-process ``executemany`` of ``INSERT .. ON CONFLICT DO
-        NOTHING``; PostgreSQL sends the same as multi-row ``VALUES`` statements (SQLAlchemy's
-        insertmanyvalues: up to 1,000 rows / 32,700 parameters per statement) with ``RETURNING``
-        of the primary key, so the count is exact; MySQL sends ``INSERT IGNORE`` through
-        PyMySQL's ``executemany``, which packs the rows into multi-row statements of up to
-        ~1 MB and sums the affected-row counts. -1 means the driver did not report a count
-        (not the case with sqlite3, psycopg2 or PyMySQL).
+        With ``skip_duplicates``, rows that collide with an existing row (or an earlier row of the
+        batch) on a primary key or unique constraint are skipped: SQLite runs an in-process
+        ``executemany`` of ``INSERT .. ON CONFLICT DO NOTHING``; PostgreSQL COPYs the rows into a
+        session-private scratch table and inserts from there with ``ON CONFLICT DO NOTHING`` (the
+        first of two colliding rows wins, the count is exact); MySQL sends ``INSERT IGNORE``
+        through PyMySQL's ``executemany``, which packs the rows into multi-row statements of up to
+        ~1 MB. Without it, a plain INSERT (PostgreSQL: COPY straight into the table).
 
-        Every row must have the same keys, all of them columns of ``table``; missing columns get
-        their Python-side default. Because MySQL's ``INSERT IGNORE`` would also turn other errors
-        into warnings (NULL into NOT NULL becomes '' or 0, an over-long string is cut), rows are
-        checked first, on every database alike: a required column that is missing or None, a
-        string longer than its ``String(n)``, or (MySQL) a text over 65,535 UTF-8 bytes raises
-        ``ValueError`` and nothing is inserted. Only duplicates are ever skipped.
+        Columns not given get their Python-side default. Because MySQL's ``INSERT IGNORE`` would
+        also turn other errors into warnings (NULL into NOT NULL becomes '' or 0, an over-long
+        string is cut), rows are checked first, on every database alike: a required column that
+        is missing or None, a string longer than its ``String(n)``, or (MySQL) a text over 65,535
+        UTF-8 bytes raises ``ValueError`` and nothing is inserted. Only duplicates are ever skipped.
         """
         if not rows:
             return 0
-        cached = self._insert_cache.get(table)
-        if cached is None:
-            cached = (self._insert_statement(table), _RowRules(table, self._dialect))
-            self._insert_cache[table] = cached
-        statement, rules = cached
-        rules.check(rows)
-        params = rows if isinstance(rows, list) else list(rows)
+        columns = tuple(columns)
+        constants = dict(constants or {})
+        rules = self._rules.get(table)
+        if rules is None:
+            rules = self._rules[table] = RowRules(table, self._dialect)
+        rules.check(columns, rows, constants)
         if self._dialect == "postgresql":
-            copied = self._copy(conn, table, params, skip_duplicates=True)
-            return copied if copied is not None else len(conn.execute(statement, params).all())
-        return self.execute_many(conn, statement, params)
+            copied = self._copy(conn, table, columns, rows, constants, skip_duplicates=skip_duplicates)
+            if copied is not None:
+                return copied
+        return self._execute(conn, self._insert_statement(table, skip_duplicates), columns, rows, constants)
+
+    def insert_ignore(self, conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> int:
+        """:meth:`insert_rows` with ``skip_duplicates``, for rows as dicts (every one with the keys
+        of the first, all of them columns of ``table``)."""
+        if not rows:
+            return 0
+        rules = self._rules.get(table)
+        if rules is None:
+            rules = self._rules[table] = RowRules(table, self._dialect)
+        rules.check_keys(rows)
+        columns, tuples = as_tuples(rows)
+        return self.insert_rows(conn, table, columns, tuples, skip_duplicates=True)
 
     def execute_many(self, conn: Connection, statement: Any, rows: Sequence[Mapping[str, Any]]) -> int:
         """Run one INSERT/UPDATE/DELETE for each of ``rows`` (bind name -> value), in the caller's
         transaction; returns the affected-row count (-1 when the driver does not say).
 
-        The same as ``conn.execute(statement, rows)``, faster for large batches on SQLite and
-        MySQL: the statement is compiled once per set of keys, values go through the column
-        types' bind processors (each distinct object once per batch: a batch shares its
-        timestamps), and the driver's ``executemany`` gets plain tuples. PostgreSQL keeps
-        SQLAlchemy's own path (insertmanyvalues / execute_values pack rows into few statements).
+        The same as ``conn.execute(statement, rows)``, faster for large batches (see
+        :mod:`campaignflow.state.bulk`): SQLite and MySQL get the statement compiled once per set
+        of keys and plain tuples for the driver's ``executemany``; a bare PostgreSQL INSERT is a
+        COPY, anything else on PostgreSQL SQLAlchemy's own path (insertmanyvalues).
         """
         if not rows:
             return 0
+        columns, tuples = as_tuples(rows)
         if self._dialect == "postgresql":
-            table = _plain_insert_table(statement)
-            copied = self._copy(conn, table, rows) if table is not None else None
-            count = copied if copied is not None else conn.execute(statement, list(rows)).rowcount
+            table = plain_insert_table(statement)
+            copied = self._copy(conn, table, columns, tuples, {}) if table is not None else None
+            if copied is not None:
+                return copied
+        return self._execute(conn, statement, columns, tuples, {})
+
+    def _execute(self, conn: Connection, statement: Any, columns: tuple[str, ...], rows: Rows,
+                 constants: Mapping[str, Any], *, cache: bool = True) -> int:
+        """``statement`` once per row, through the driver's executemany (SQLAlchemy's own path on
+        PostgreSQL). ``cache``: keep the compiled form (False for a statement used once or twice)."""
+        if self._dialect == "postgresql":
+            prepared = None
         else:
-            keys = tuple(rows[0].keys())
-            cache_key = (statement, keys)
+            cache_key = (statement, columns, tuple(constants))
             prepared = self._prepared.get(cache_key, _UNPREPARED)
             if prepared is _UNPREPARED:
                 try:
-                    prepared = _Prepared(statement, keys, self._engine.dialect)
-                except _NotPreparable:
+                    prepared = Prepared(statement, columns, tuple(constants), self._engine.dialect)
+                except NotPreparable:
                     prepared = None
-                self._prepared[cache_key] = prepared
-            if prepared is None:
-                count = conn.execute(statement, list(rows)).rowcount
-            else:
-                count = conn.exec_driver_sql(prepared.sql, prepared.parameters(rows)).rowcount
+                if cache:
+                    self._prepared[cache_key] = prepared
+        if prepared is None:  # SQLAlchemy's own execution
+            dict_rows = [{**dict(zip(columns, row)), **constants} for row in rows]
+            result = conn.execute(statement, dict_rows)
+            count = len(result.all()) if result.returns_rows else result.rowcount
+        else:
+            count = conn.exec_driver_sql(prepared.sql, prepared.parameters(rows, constants)).rowcount
         return count if isinstance(count, int) and count >= 0 else -1
 
-    def _copy(self, conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], *,
-              skip_duplicates: bool = False) -> int | None:
+    def _copy(self, conn: Connection, table: sa.Table, columns: tuple[str, ...], rows: Rows,
+              constants: Mapping[str, Any], *, skip_duplicates: bool = False) -> int | None:
         """PostgreSQL: the rows into ``table`` with ``COPY .. FROM STDIN`` (text format); None when
         a missing column needs a Python-side default that is not a constant.
 
@@ -301,10 +364,10 @@ class StateStore:
         ORDER BY <copy order> ON CONFLICT DO NOTHING``: the first of two colliding rows wins, as
         with the other databases, and the row count says how many were inserted.
         """
-        keys = tuple(rows[0].keys())
-        copier = self._copiers.get((table, keys), _UNPREPARED)
+        shape = (table, columns, tuple(constants))
+        copier = self._copiers.get(shape, _UNPREPARED)
         if copier is _UNPREPARED:
-            copier = self._copiers[(table, keys)] = _Copier.build(table, keys, self._engine.dialect)
+            copier = self._copiers[shape] = Copier.build(table, columns, tuple(constants), self._engine.dialect)
         if copier is None:
             return None
         if not conn.in_transaction():
@@ -312,10 +375,10 @@ class StateStore:
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             if not skip_duplicates:
-                cursor.copy_expert(copier.copy_into(table.name), copier.text(rows))
+                cursor.copy_expert(copier.copy_into(table.name), copier.text(rows, constants))
                 return int(cursor.rowcount)
             cursor.execute(copier.create_scratch(table.name))
-            cursor.copy_expert(copier.copy_into(copier.scratch), copier.text(rows))
+            cursor.copy_expert(copier.copy_into(copier.scratch), copier.text(rows, constants))
             cursor.execute(copier.insert_from_scratch(table.name))
             inserted = int(cursor.rowcount)
             cursor.execute(f"TRUNCATE {copier.scratch}")
@@ -323,49 +386,39 @@ class StateStore:
         finally:
             cursor.close()
 
-    def update_many(self, conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], *,
+    def update_rows(self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Rows, *,
                     match: Sequence[str] = ("id",), where: Any = None, same: Mapping[str, Any] | None = None) -> int:
-        """For each of ``rows``: ``UPDATE table SET <its other columns> [, <same>] WHERE <its match
-        columns> [AND where]``, in the caller's transaction. Returns how many rows matched (-1 when
-        the driver does not say).
+        """For each of ``rows`` (tuples, positional per ``columns``): ``UPDATE table SET <its
+        other columns> [, <same>] WHERE <its match columns> [AND where]``, in the caller's
+        transaction. Returns how many rows matched (-1 when the driver does not say).
 
-        Every row has the same keys, all columns of ``table``. ``same`` holds values every row gets
-        (a batch's status, group and price: sent once per statement, not once per row). ``where``
-        is a fixed condition (``deliveries.status = 'pending'``), rendered with its values written out.
-        SQLite runs an in-process ``executemany``. On PostgreSQL and MySQL an ``executemany``
-        of UPDATEs is one round trip per row (drivers batch only INSERTs): there, a statement
-        updates up to :data:`UPDATE_MANY_ROWS` rows from a derived table of their values, a
-        join on the match columns (``UPDATE .. FROM (VALUES ..)``; MySQL ``UPDATE .. JOIN
-        (SELECT .. UNION ALL ..)``).
+        ``same`` holds values every row gets (a batch's status, group and price: bound once per
+        statement, not once per row). ``where`` is a fixed condition (``deliveries.status =
+        'pending'``), rendered with its values written out. SQLite runs an in-process
+        ``executemany``. On PostgreSQL and MySQL an ``executemany`` of UPDATEs is one round trip
+        per row (drivers batch only INSERTs): there, a statement updates up to
+        :data:`UPDATE_MANY_ROWS` rows from a derived table of their values, a join on the match
+        columns (``UPDATE .. FROM (VALUES ..)``; MySQL ``UPDATE .. JOIN (SELECT .. UNION ALL ..)``).
         """
         if not rows:
             return 0
+        columns, match = tuple(columns), tuple(match)
         same = dict(same or {})
-        keys = tuple(rows[0].keys())
-        assignments = tuple(k for k in keys if k not in match)
-        unknown = (set(keys) | set(same)) - set(table.c.keys())
-        if unknown or not (assignments or same) or any(m not in keys for m in match) or set(same) & set(keys):
+        assignments = tuple(k for k in columns if k not in match)
+        unknown = (set(columns) | set(same)) - set(table.c.keys())
+        if unknown or not (assignments or same) or any(m not in columns for m in match) or set(same) & set(columns) \
+                or len(set(columns)) != len(columns):
             raise ValueError(f"update_many on {table.name}: rows need the match columns {list(match)}, and rows and "
                              f"`same` together at least one other column of the table, each once "
-                             f"(got {sorted(keys)} and {sorted(same)})")
+                             f"(got {sorted(columns)} and {sorted(same)})")
         dialect = self._engine.dialect
         condition = "" if where is None else str(where.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
-        cache_key = (table.name, keys, tuple(match), tuple(same), condition)
         if self._dialect == "sqlite":
-            statement = self._updates.get(cache_key)
-            if statement is None:
-                # The condition as rendered: an expanding IN cannot go through executemany.
-                fixed = () if not condition else (sa.text(condition.replace(":", "\\:")),)
-                statement = sa.update(table).where(*(table.c[m] == sa.bindparam(f"m_{m}") for m in match), *fixed)
-                statement = self._updates[cache_key] = statement.values(
-                    {k: sa.bindparam(k) for k in (*assignments, *same)})
-            # In-process: the shared values ride along with each row (each distinct object is bound once).
-            return self.execute_many(conn, statement, [{**{f"m_{m}": row[m] for m in match},
-                                                        **{k: row[k] for k in assignments}, **same} for row in rows])
+            return self._sqlite_update(conn, table, columns, rows, match, same, condition)
+        cache_key = (table.name, columns, match, tuple(same), condition)
         prepared = self._updates.get(cache_key)
         if prepared is None:
-            prepared = self._updates[cache_key] = _JoinedUpdate(table, keys, tuple(match), tuple(same), condition,
-                                                                dialect)
+            prepared = self._updates[cache_key] = JoinedUpdate(table, columns, match, tuple(same), condition, dialect)
         total = 0
         for start in range(0, len(rows), UPDATE_MANY_ROWS):
             chunk = rows[start:start + UPDATE_MANY_ROWS]
@@ -376,7 +429,55 @@ class StateStore:
                 total += count
         return total
 
-    def _insert_statement(self, table: sa.Table) -> Any:
+    def _sqlite_update(self, conn: Connection, table: sa.Table, columns: tuple[str, ...], rows: Rows,
+                       match: tuple[str, ...], same: Mapping[str, Any], condition: str) -> int:
+        """update_rows on SQLite: an in-process ``executemany``, with the shared values written
+        into the statement as literals so that each row binds only its own values (settling
+        300,000 rows: 3.7 µs a row, against 5.6 µs with nine shared values bound per row)."""
+        dialect = self._engine.dialect
+        try:
+            literals = tuple((k, literal_sql(table.c[k], v, dialect)) for k, v in same.items())
+        except NotPreparable:  # a type without a literal form: bind it like the rest
+            literals = None
+        key = (table.name, columns, match, literals if literals is not None else tuple(same), condition)
+        found = self._sqlite_updates.get(key)
+        if found is None:
+            # The condition as rendered: an expanding IN cannot go through executemany.
+            fixed = () if not condition else (sa.text(condition.replace(":", "\\:")),)
+            assignments: dict[str, Any] = {k: sa.bindparam(k) for k in columns if k not in match}
+            if literals is not None:
+                assignments.update({k: sa.literal_column(sql) for k, sql in literals})
+            else:
+                assignments.update({k: sa.bindparam(k) for k in same})
+            statement = (sa.update(table).where(*(table.c[m] == sa.bindparam(f"m_{m}") for m in match), *fixed)
+                         .values(assignments))
+            found = (statement, tuple(f"m_{k}" if k in match else k for k in columns))
+            # A statement with literals is one batch's (its timestamps): keep only the latest few.
+            if len(self._sqlite_updates) >= 32:
+                self._sqlite_updates.pop(next(iter(self._sqlite_updates)))
+            self._sqlite_updates[key] = found
+        statement, binds = found
+        return self._execute(conn, statement, binds, rows, {} if literals is not None else same,
+                             cache=literals is None)
+
+    def update_many(self, conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], *,
+                    match: Sequence[str] = ("id",), where: Any = None, same: Mapping[str, Any] | None = None) -> int:
+        """:meth:`update_rows` for rows as dicts (every one with the keys of the first)."""
+        if not rows:
+            return 0
+        columns, tuples = as_tuples(rows)
+        return self.update_rows(conn, table, columns, tuples, match=match, where=where, same=same)
+
+    def _insert_statement(self, table: sa.Table, skip_duplicates: bool) -> Any:
+        """The table's INSERT, or one that skips rows colliding on a key (cached: statements key
+        the prepared SQL)."""
+        found = self._inserts.get((table, skip_duplicates))
+        if found is None:
+            found = self._new_insert_statement(table) if skip_duplicates else sa.insert(table)
+            self._inserts[(table, skip_duplicates)] = found
+        return found
+
+    def _new_insert_statement(self, table: sa.Table) -> Any:
         if self._dialect == "sqlite":
             from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -390,249 +491,6 @@ class StateStore:
     def dispose(self) -> None:
         """Close every pooled connection (the store can still be used; it reconnects)."""
         self._engine.dispose()
-
-
-def _bound_column(processor: Any, values: Sequence[Any]) -> list[Any]:
-    """One column of a batch through its type's bind processor (None stays None). Rows of a
-    batch share objects (its timestamps): each distinct one is processed once."""
-    if processor is None:
-        return list(values)
-    seen: dict[int, Any] = {}
-    bound = []
-    for value in values:
-        if value is None:
-            bound.append(None)
-            continue
-        found = seen.get(id(value), seen)
-        if found is seen:
-            found = seen[id(value)] = processor(value)
-        bound.append(found)
-    return bound
-
-
-class _NotPreparable(Exception):
-    """The statement needs SQLAlchemy's own execution (a callable or SQL column default)."""
-
-
-def _scalar_default(statement: Any, name: str) -> Any:
-    """The Python-side scalar default of column ``name`` of an INSERT's table, else None."""
-    table = getattr(statement, "table", None)
-    column = table.c.get(name) if table is not None else None
-    default = column.default if column is not None else None
-    return default.arg if default is not None and default.is_scalar else None
-
-
-class _Prepared:
-    """A statement compiled once to the driver's SQL, and how to turn row dicts into its tuples."""
-
-    def __init__(self, statement: Any, keys: tuple[str, ...], dialect: sa.Dialect) -> None:
-        compiler_dialect = dialect
-        if not dialect.positional:  # PyMySQL's default is pyformat; it takes %s as well
-            compiler_dialect = type(dialect)(paramstyle="format")
-            compiler_dialect.server_version_info = dialect.server_version_info
-        compiled = statement.compile(dialect=compiler_dialect, column_keys=list(keys))
-        if compiled.positiontup is None:
-            raise _NotPreparable("no positional parameter style")
-        self.sql: str = compiled.string
-        self.slots: list[tuple[str | None, Any, Any]] = []  # (row key, bind processor, constant)
-        for name in compiled.positiontup:
-            bind = compiled.binds[name]
-            processor = bind.type._cached_bind_processor(dialect)
-            if name in keys:
-                self.slots.append((name, processor, None))
-            elif bind.value is not None or bind.callable is not None:  # a literal of the statement
-                value = bind.effective_value
-                self.slots.append((None, None, processor(value) if processor else value))
-            else:
-                default = _scalar_default(statement, name)
-                if default is None:
-                    raise _NotPreparable(name)
-                self.slots.append((None, None, processor(default) if processor else default))
-
-    def parameters(self, rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
-        columns: list[Any] = []
-        for key, processor, constant in self.slots:
-            if key is None:
-                columns.append((constant,) * len(rows))
-            elif processor is None:
-                columns.append([row[key] for row in rows])
-            else:
-                columns.append(_bound_column(processor, [row[key] for row in rows]))
-        return list(zip(*columns))
-
-
-def _plain_insert_table(statement: Any) -> sa.Table | None:
-    """The table of a bare ``insert(table)`` (nothing returned, no ON CONFLICT, no prefixes)."""
-    if not isinstance(statement, sa.Insert) or not isinstance(statement.table, sa.Table):
-        return None
-    if statement._returning or statement._prefixes or statement._post_values_clause is not None \
-            or statement._values or statement._multi_values or statement.select is not None:
-        return None
-    return statement.table
-
-
-def _copy_text(value: Any) -> str:
-    """One value in COPY's text format."""
-    if value is None:
-        return "\\N"
-    if isinstance(value, str):
-        if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
-            return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-        return value
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return str(value)  # int, Decimal, float
-
-
-class _Copier:
-    """How rows of one shape go into one table with PostgreSQL's COPY (see StateStore._copy)."""
-
-    def __init__(self, keys: tuple[str, ...], constants: dict[str, Any], columns: list[str],
-                 processors: list[Any], quote: Callable[[str], str]) -> None:
-        self.keys = keys
-        self.constants = [_copy_text(v) for v in constants.values()]
-        self.columns = columns  # the row's keys, then the columns filled with constant defaults
-        self.processors = processors
-        self._quoted = ", ".join(quote(c) for c in columns)
-        # A session's scratch table per shape of rows (temporary: private to the connection).
-        self.scratch = "campaignflow_copy_" + hashlib.sha256(",".join(columns).encode()).hexdigest()[:16]
-
-    @classmethod
-    def build(cls, table: sa.Table, keys: tuple[str, ...], dialect: sa.Dialect) -> _Copier | None:
-        constants: dict[str, Any] = {}
-        for column in table.columns:
-            if column.key in keys or column.default is None:
-                continue  # given, or left to the database (server default, sequence, NULL)
-            if not column.default.is_scalar:
-                return None
-            processor = column.type._cached_bind_processor(dialect)
-            constants[column.key] = processor(column.default.arg) if processor else column.default.arg
-        processors = [table.c[k].type._cached_bind_processor(dialect) for k in keys]
-        return cls(keys, constants, [*keys, *constants], processors, dialect.identifier_preparer.quote)
-
-    def copy_into(self, name: str) -> str:
-        return f"COPY {name} ({self._quoted}) FROM STDIN"
-
-    def create_scratch(self, table: str) -> str:
-        # Only the copied columns, no constraints; a serial keeps the copy order.
-        return (f"CREATE TEMPORARY TABLE IF NOT EXISTS {self.scratch} AS SELECT {self._quoted} FROM {table} "
-                f"WITH NO DATA; ALTER TABLE {self.scratch} ADD COLUMN IF NOT EXISTS campaignflow_seq bigserial")
-
-    def insert_from_scratch(self, table: str) -> str:
-        return (f"INSERT INTO {table} ({self._quoted}) SELECT {self._quoted} FROM {self.scratch} "
-                "ORDER BY campaignflow_seq ON CONFLICT DO NOTHING")
-
-    def text(self, rows: Sequence[Mapping[str, Any]]) -> io.StringIO:
-        tail = "".join("\t" + c for c in self.constants) + "\n"
-        columns = [_bound_column(p, [row[k] for row in rows]) for k, p in zip(self.keys, self.processors)]
-        return io.StringIO("".join("\t".join(map(_copy_text, values)) + tail for values in zip(*columns)))
-
-
-class _JoinedUpdate:
-    """An UPDATE joined to a derived table of row values, for PostgreSQL and MySQL, as driver SQL
-    with ``%s`` placeholders (both drivers format client-side): see StateStore.update_many.
-    ``same`` columns are set from one placeholder each, not from the derived table."""
-
-    def __init__(self, table: sa.Table, keys: tuple[str, ...], match: tuple[str, ...], same: tuple[str, ...],
-                 condition: str, dialect: sa.Dialect) -> None:
-        quote = dialect.identifier_preparer.quote
-        name = quote(table.name)
-        assignments = [k for k in keys if k not in match]
-        self.columns = [(k, table.c[k].type._cached_bind_processor(dialect)) for k in keys]
-        self.same = [(k, table.c[k].type._cached_bind_processor(dialect)) for k in same]
-        self.postgresql = dialect.name == "postgresql"
-        joined = " AND ".join(f"{name}.{quote(m)} = v.{quote(m)}" for m in match)
-        guard = condition.replace("%", "%%")
-        if self.postgresql:
-            # Casts give every column its type even when a chunk holds only NULLs there.
-            self.row = "(" + ", ".join(f"CAST(%s AS {table.c[k].type.compile(dialect=dialect)})" for k in keys) + ")"
-            self.first_row = self.row
-            sets = [f"{quote(k)} = CAST(%s AS {table.c[k].type.compile(dialect=dialect)})" for k in same]
-            self.head = (f"UPDATE {name} SET " + ", ".join(sets + [f"{quote(k)} = v.{quote(k)}" for k in assignments])
-                         + " FROM (VALUES ")
-            self.tail = f") AS v ({', '.join(quote(k) for k in keys)}) WHERE {joined}" + (f" AND {guard}" if guard else "")
-        else:
-            self.first_row = "SELECT " + ", ".join(f"%s AS {quote(k)}" for k in keys)
-            self.row = "SELECT " + ", ".join("%s" for _ in keys)
-            self.head = f"UPDATE {name} JOIN ("
-            sets = [f"{name}.{quote(k)} = %s" for k in same]
-            self.tail = (f") AS v ON {joined} SET " + ", ".join([f"{name}.{quote(k)} = v.{quote(k)}" for k in assignments]
-                                                                 + sets)
-                         + (f" WHERE {guard}" if guard else ""))
-        self._separator = ", " if self.postgresql else " UNION ALL "
-        self._sql: dict[int, str] = {}
-
-    def sql(self, count: int) -> str:
-        found = self._sql.get(count)
-        if found is None:
-            found = self.head + self.first_row + (self._separator + self.row) * (count - 1) + self.tail
-            if len(self._sql) < 4:  # full chunks and a few remainders
-                self._sql[count] = found
-        return found
-
-    def parameters(self, rows: Sequence[Mapping[str, Any]], same: Mapping[str, Any]) -> tuple[Any, ...]:
-        columns = [_bound_column(processor, [row[key] for row in rows]) for key, processor in self.columns]
-        flat = [value for values in zip(*columns) for value in values]
-        shared = [_bound_column(processor, [same[key]])[0] for key, processor in self.same]
-        # PostgreSQL's SET comes before the derived table, MySQL's after it.
-        return tuple(shared + flat) if self.postgresql else tuple(flat + shared)
-
-
-class _RowRules:
-    """What ``insert_ignore`` checks before it lets INSERT IGNORE near the rows."""
-
-    def __init__(self, table: sa.Table, dialect: str) -> None:
-        self.table = table
-        self.columns = frozenset(table.c.keys())
-        self.required: list[str] = []
-        self.max_chars: list[tuple[str, int]] = []
-        self.max_bytes: list[tuple[str, int]] = []
-        for column in table.columns:
-            has_default = column.default is not None or column.server_default is not None
-            autoincrement = column is table.autoincrement_column
-            if not column.nullable and not has_default and not autoincrement:
-                self.required.append(column.key)
-            length = getattr(column.type, "length", None)
-            if isinstance(column.type, sa.String) and length:
-                self.max_chars.append((column.key, length))
-            elif isinstance(column.type, sa.Text) and dialect == "mysql":
-                self.max_bytes.append((column.key, _MYSQL_TEXT_MAX_BYTES))
-
-    def check(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        # Column-wise passes that only look for the offending row once something is wrong:
-        # this runs on every bulk insert, a million rows at a time.
-        name = self.table.name
-        keys = rows[0].keys()
-        unknown = set(keys) - self.columns
-        if unknown:
-            raise ValueError(f"{name}: no such column(s): {', '.join(sorted(unknown))}")
-        if any(row.keys() != keys for row in rows):
-            index, row = next((i, r) for i, r in enumerate(rows) if r.keys() != keys)
-            raise ValueError(
-                f"{name}: row {index} has keys {sorted(row.keys())}, row 0 has {sorted(keys)}; "
-                "every row of a batch must have the same keys"
-            )
-        for key in self.required:
-            if key not in keys:
-                raise ValueError(f"{name}: column {key!r} is required")
-            if any(row[key] is None for row in rows):
-                index = next(i for i, r in enumerate(rows) if r[key] is None)
-                raise ValueError(f"{name}: row {index}: column {key!r} must not be None")
-        for key, limit in self.max_chars:
-            if key in keys and max((len(v) for r in rows if isinstance(v := r[key], str)), default=0) > limit:
-                index, value = next((i, r[key]) for i, r in enumerate(rows)
-                                    if isinstance(r[key], str) and len(r[key]) > limit)
-                raise ValueError(f"{name}: row {index}: {key!r} is {len(value)} characters, more than {limit}")
-        for key, limit in self.max_bytes:
-            if key not in keys:
-                continue
-            # Cheap bound first: a str never takes more than 4 UTF-8 bytes per character.
-            for index, row in enumerate(rows):
-                value = row[key]
-                if isinstance(value, str) and len(value) * 4 > limit and len(value.encode("utf-8")) > limit:
-                    raise ValueError(f"{name}: row {index}: {key!r} is over {limit} UTF-8 bytes (MySQL TEXT)")
 
 
 # -- engine configuration --------------------------------------------------------------------
@@ -655,6 +513,7 @@ def _configure_sqlite(engine: Engine) -> None:
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
             _sqlite_wal(cursor)
             cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute("PRAGMA synchronous = FULL")  # every commit fsynced unless write(rebuildable=True)
             # The ledger's unique key and phone index take inserts in random order; with the
             # default 2 MB page cache a million-row campaign reads its index pages back again
             # and again. The cache is an upper bound, filled only as pages are touched.

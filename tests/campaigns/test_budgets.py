@@ -89,7 +89,7 @@ def test_settling_a_batch_leaves_rows_a_report_settled_first_and_counts_each_cos
     database: the message ids go through `update_many`, whose statements differ)."""
     from types import SimpleNamespace
 
-    from campaignflow.pipelines.campaigns.deliveries import _outcome_values, _settle
+    from campaignflow.pipelines.campaigns.deliveries import _outcome, _settle
     from campaignflow.state.spend import SpendChange
     from campaignflow.state.store import StateStore
 
@@ -109,8 +109,8 @@ def test_settling_a_batch_leaves_rows_a_report_settled_first_and_counts_each_cos
         change = SpendChange()
         change.add(None, report)
         change.write(store, conn)
-    accepted = [_outcome_values(i, {"statusCode": "2000", "messageId": f"M{i}", "groupId": "G"}, ATA, now) for i in ids[:60]]
-    refused = [_outcome_values(i, {"statusCode": "3104", "messageId": f"M{i}", "groupId": "G"}, ATA, now) for i in ids[60:]]
+    accepted = [_outcome(i, {"statusCode": "2000", "messageId": f"M{i}", "groupId": "G"}, ATA) for i in ids[:60]]
+    refused = [_outcome(i, {"statusCode": "3104", "messageId": f"M{i}", "groupId": "G"}, ATA) for i in ids[60:]]
     with store.write() as conn:
         _settle(SimpleNamespace(store=store), conn, accepted + refused)  # type: ignore[arg-type]
     with store.engine.connect() as conn:

@@ -46,8 +46,18 @@ def test_cost_per_model_and_plan_limit(store: StateStore) -> None:
 def test_refund_restores_the_balance(store: StateStore) -> None:
     debit = credits.charge(store, SETTINGS, team="growth", plan="p", occurrence="o", model="m", now=NOV)
     credits.refund(store, debit)
-    b = credits.balance(store, SETTINGS, "growth")
+    b = credits.balance(store, SETTINGS, "growth", NOV)
     assert b.spent == 10 and b.granted == 10 and b.available == 25
+
+
+def test_a_refund_restores_the_month_it_was_charged_in(store: StateStore) -> None:
+    """The call failed after midnight: November gets its credits back, December none extra."""
+    last_minute = datetime(2026, 11, 30, 23, 59, 30, tzinfo=timezone.utc)
+    debit = credits.charge(store, SETTINGS, team="growth", plan="p", occurrence="o", model="m", now=last_minute)
+    credits.refund(store, debit)  # today, whatever month that is
+    assert credits.balance(store, SETTINGS, "growth", last_minute).available == 25
+    december = credits.balance(store, SETTINGS, "growth", datetime(2026, 12, 1, 0, 0, 1, tzinfo=timezone.utc))
+    assert (december.spent, december.granted, december.available) == (0, 0, 25)
 
 
 def test_unknown_team_has_nothing(store: StateStore) -> None:

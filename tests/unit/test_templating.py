@@ -72,7 +72,7 @@ def test_plain_templates_render_exactly_like_jinja(pieces: list[str]) -> None:
 
 
 def test_plain_template_with_a_missing_name_is_still_strict() -> None:
-    assert templating._plain_parts("{{ a }}님 {{ b }}") is not None
+    assert templating.plain_parts("{{ a }}님 {{ b }}") is not None
     with pytest.raises(UndefinedError):
         templating.render("{{ a }}님 {{ b }}", {"a": 1})
-    assert templating._plain_parts("{{ a | upper }}") is None  # filters: Jinja renders
+    assert templating.plain_parts("{{ a | upper }}") is None  # filters: Jinja renders

@@ -8,19 +8,18 @@ dropped silently.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import sqlalchemy as sa
 
+from ... import jsoncodec
 from ...phones import normalize_phone, phone_problem
 from ...state import tables as t
 from ...state.store import ONE_OFF, ids_in, utcnow
 from .context import RunContext
 
 STATUSES = ("ok", "invalid_phone", "missing_key", "duplicate_key", "duplicate_phone")
-_to_json = json.JSONEncoder(ensure_ascii=False, default=str).encode  # one encoder for a million rows
 
 
 @dataclass(frozen=True)
@@ -33,41 +32,56 @@ class AudienceSummary:
         return self.counts.get("ok", 0)
 
 
-def _column(row: dict[str, Any], wanted: str) -> str | None:
-    """The row's actual column name for `wanted`: MySQL compares column names case-insensitively."""
-    if wanted in row:
-        return wanted
+def _position(columns: Sequence[str], wanted: str | None) -> int | None:
+    """Where the column `wanted` is: MySQL compares column names case-insensitively."""
+    if wanted is None:
+        return None
+    if wanted in columns:
+        return list(columns).index(wanted)
     lowered = wanted.lower()
-    return next((name for name in row if name.lower() == lowered), None)
+    return next((i for i, name in enumerate(columns) if name.lower() == lowered), None)
 
 
-def _source_rows(ctx: RunContext) -> Iterator[list[dict[str, Any]]]:
+def column_of(columns: Sequence[str], wanted: str | None) -> str | None:
+    """The actual name of the column `wanted` among `columns` (compared as MySQL does)."""
+    at = _position(columns, wanted)
+    return None if at is None else columns[at]
+
+
+def _source_rows(ctx: RunContext) -> Iterator[tuple[Sequence[str], Sequence[Sequence[Any]]]]:
     audience = ctx.campaign.audience
     if audience.source == "payload":
-        yield [dict(ctx.occurrence.payload)]
+        payload = dict(ctx.occurrence.payload)
+        yield list(payload), [tuple(payload.values())]
         return
     assert audience.sql is not None
     db = ctx.business(audience.database)
-    yield from db.stream(audience.sql, ctx.occurrence.sql_parameters(ctx.campaign.name))
+    yield from db.stream_rows(audience.sql, ctx.occurrence.sql_parameters(ctx.campaign.name))
 
 
-def _member(ctx: RunContext, row: dict[str, Any], key_col: str | None, phone_col: str | None,
-            seq: int, now: Any) -> dict[str, Any]:
-    key = row.get(key_col) if key_col else None
-    raw_phone = row.get(phone_col) if phone_col else None
-    phone = normalize_phone(raw_phone)
-    if key is None or str(key) == "":
-        status, reason, recipient = "missing_key", f"column `{ctx.campaign.audience.key}` is empty", f"#row{seq}"
-    elif phone is None:
-        status, reason, recipient = "invalid_phone", phone_problem(raw_phone) or "not a Korean mobile number", str(key)
-    else:
-        status, reason, recipient = "ok", None, str(key)
-    return {"campaign": ctx.campaign.name, "occurrence": ctx.occurrence.key, "recipient_key": recipient[:255],
-            "phone": phone, "status": status, "reason": reason,
-            "data": _to_json(row), "created_at": now}
+# The snapshot's columns, per row; campaign, occurrence and created_at are the chunk's constants.
+MEMBER_COLUMNS = ("recipient_key", "phone", "status", "reason", "data")
 
 
-_INSERT_MEMBER = sa.insert(t.audience_members)
+def _members(ctx: RunContext, columns: Sequence[str], rows: Sequence[Sequence[Any]], key_at: int | None,
+             phone_at: int | None, first_seq: int) -> list[tuple[Any, ...]]:
+    """One snapshot row per source row: usable, or the reason it is not."""
+    names = tuple(columns)
+    key_name = ctx.campaign.audience.key
+    members = []
+    for seq, row in enumerate(rows, first_seq):
+        key = row[key_at] if key_at is not None else None
+        raw_phone = row[phone_at] if phone_at is not None else None
+        phone = normalize_phone(raw_phone)
+        data = jsoncodec.dumps(dict(zip(names, row)))
+        if key is None or key == "" or (type(key) is not str and str(key) == ""):
+            members.append((f"#row{seq}", phone, "missing_key", f"column `{key_name}` is empty", data))
+        elif phone is None:
+            members.append((str(key)[:255], None, "invalid_phone",
+                            phone_problem(raw_phone) or "not a Korean mobile number", data))
+        else:
+            members.append((str(key)[:255], phone, "ok", None, data))
+    return members
 
 
 # Ids per UPDATE when marking duplicates.
@@ -103,19 +117,17 @@ def select_audience(ctx: RunContext) -> AudienceSummary:
     m = t.audience_members
     name, occ = ctx.campaign.name, ctx.occurrence.key
     selected = 0
-    with ctx.store.write() as conn:
+    with ctx.store.write(rebuildable=True) as conn:
         # A re-run of this stage replaces the snapshot; the ledger still guarantees one message per key.
         conn.execute(sa.delete(m).where(m.c.campaign == name, m.c.occurrence == occ))
-        key_col = phone_col = None
-        for chunk in _source_rows(ctx):
-            if not chunk:
+        for columns, rows in _source_rows(ctx):
+            if not rows:
                 continue
-            if key_col is None:
-                key_col = _column(chunk[0], ctx.campaign.audience.key)
-                phone_col = _column(chunk[0], ctx.campaign.audience.phone)
-            now = utcnow()
-            members = [_member(ctx, row, key_col, phone_col, selected + i, now) for i, row in enumerate(chunk)]
-            ctx.store.execute_many(conn, _INSERT_MEMBER, members)
+            key_at = _position(columns, ctx.campaign.audience.key)
+            phone_at = _position(columns, ctx.campaign.audience.phone)
+            members = _members(ctx, columns, rows, key_at, phone_at, selected)
+            ctx.store.insert_rows(conn, m, MEMBER_COLUMNS, members,
+                                  constants={"campaign": name, "occurrence": occ, "created_at": utcnow()})
             selected += len(members)
             ctx.progress("audience", selected, 0)
         _mark_duplicates(conn, name, occ)
@@ -125,19 +137,20 @@ def select_audience(ctx: RunContext) -> AudienceSummary:
     return AudienceSummary(selected, {status: int(counts.get(status, 0)) for status in STATUSES})
 
 
-def iter_members(ctx: RunContext, chunk_size: int, statuses: Iterable[str] = ("ok",)) -> Iterator[list[dict[str, Any]]]:
-    """Usable audience members in id order, a chunk at a time (keyset pagination: no OFFSET)."""
+def iter_members(ctx: RunContext, chunk_size: int,
+                 statuses: Iterable[str] = ("ok",)) -> Iterator[Sequence[tuple[int, str, str | None, str]]]:
+    """Usable audience members in id order, a chunk at a time (keyset pagination: no OFFSET), as
+    `(id, recipient_key, phone, data)` tuples."""
     m = t.audience_members
     last = 0
     wanted = list(statuses)
     while True:
         with ctx.store.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(m.c.id, m.c.recipient_key, m.c.phone, m.c.data)
-                .where(m.c.campaign == ctx.campaign.name, m.c.occurrence == ctx.occurrence.key,
-                       m.c.status.in_(wanted), m.c.id > last)
-                .order_by(m.c.id).limit(chunk_size)).all()
+            rows = ctx.store.plain_rows(conn, sa.select(m.c.id, m.c.recipient_key, m.c.phone, m.c.data)
+                                        .where(m.c.campaign == ctx.campaign.name, m.c.occurrence == ctx.occurrence.key,
+                                               m.c.status.in_(wanted), m.c.id > last)
+                                        .order_by(m.c.id).limit(chunk_size))
         if not rows:
             return
         last = rows[-1][0]
-        yield [{"id": i, "recipient_key": key, "phone": phone, "data": data} for i, key, phone, data in rows]
+        yield rows

@@ -14,7 +14,6 @@ Rows that policy stops (frequency cap, budgets) become `blocked` with the reason
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,10 +21,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol, Sequence
 
 import sqlalchemy as sa
 
+from ... import jsoncodec
 from ...phones import mask_phone
 from ...resources.solapi import (
     LEDGER_FIELD, OutcomeUnknown, SendManyResult, SolapiRequestError, SolapiRetryExhausted, classify_status,
@@ -90,43 +90,60 @@ def _simulate(ctx: RunContext, summary: DeliverySummary) -> None:
                 .values(status="simulated", cost=Decimal(str(price)), updated_at=utcnow())).rowcount
 
 
-# -- reconcile ---------------------------------------------------------------------------
-def _outcome_values(row_id: int, message: dict[str, Any], price: Decimal, now: datetime) -> dict[str, Any]:
-    """The ledger values for what SOLAPI knows of one message (its status decides the rest)."""
-    code = str(message.get("statusCode", ""))
-    status = {"accepted": "sent", "pending": "sent", "delivered": "delivered"}.get(classify_status(code), "failed")
+# -- settle ------------------------------------------------------------------------------
+class Outcome(NamedTuple):
+    """What SOLAPI says became of one ledger row's message."""
+
+    row_id: int
+    message_id: str | None
+    status_code: str
+    status_message: str
+    group_id: str | None
+    price: Decimal  # what the row costs if SOLAPI took it
+
+
+def _outcome(row_id: int, message: dict[str, Any], price: Decimal, group_id: str | None = None) -> Outcome:
+    return Outcome(row_id, message.get("messageId"), str(message.get("statusCode", "")),
+                   str(message.get("statusMessage", ""))[:500], message.get("groupId") or group_id, price)
+
+
+def _ledger_status(status_code: str) -> str:
+    """The ledger status of a message SOLAPI reports with `status_code`."""
+    return {"accepted": "sent", "pending": "sent", "delivered": "delivered"}.get(classify_status(status_code), "failed")
+
+
+def _shared_values(status_code: str, status_message: str, group_id: str | None, price: Decimal,
+                   now: datetime) -> dict[str, Any]:
+    """The ledger values for a status SOLAPI reported (everything but the message id)."""
+    status = _ledger_status(status_code)
     sent = status != "failed"
-    return {"id": row_id, "status": status, "status_code": code,
-            "status_message": str(message.get("statusMessage", ""))[:500],
-            "provider_message_id": message.get("messageId"), "group_id": message.get("groupId"),
-            "reason": None if sent else code, "cost": price if sent else Decimal(0),
+    return {"status": status, "status_code": status_code, "status_message": status_message, "group_id": group_id,
+            "reason": None if sent else status_code, "cost": price if sent else Decimal(0),
             "sent_at": now if sent else None, "final_at": now if status in ("delivered", "failed") else None,
             "updated_at": now}
 
 
-_SHARED = ("status", "status_code", "status_message", "group_id", "reason", "cost", "sent_at", "final_at", "updated_at")
-
-
-def _settle(ctx: RunContext, conn: sa.Connection, outcomes: list[dict[str, Any]]) -> None:
+def _settle(ctx: RunContext, conn: sa.Connection, outcomes: list[Outcome]) -> None:
     """Write many outcomes of `pending` rows with as few statements as possible.
 
     A row a delivery report already moved on (it can arrive before SOLAPI's own answer is
     recorded) keeps what the report said, which is at least as new: every UPDATE is guarded by
     `status = pending`. A batch's rows share everything but SOLAPI's message id, except for a
-    few outcomes (failures, other prices): each group of equal outcomes is one `update_many` with
-    the shared values sent once (each row written once: on PostgreSQL every UPDATE is a new row
+    few outcomes (failures, other prices): each group of equal outcomes is one `update_rows` with
+    the shared values bound once (each row written once: on PostgreSQL every UPDATE is a new row
     version), and its row count says what the group adds to the month's spend.
     """
     d = t.deliveries
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    for values in outcomes:
-        groups.setdefault(tuple(values[k] for k in _SHARED), []).append(values)
+    groups: dict[tuple[Any, ...], list[tuple[str | None, int]]] = {}
+    for outcome in outcomes:
+        groups.setdefault(outcome[2:], []).append((outcome.message_id, outcome.row_id))
     change = SpendChange()
-    for shared, members in groups.items():
-        shared_values = dict(zip(_SHARED, shared))
-        updated = ctx.store.update_many(conn, d, [{"id": m["id"], "provider_message_id": m["provider_message_id"]}
-                                                  for m in members], where=d.c.status == "pending", same=shared_values)
-        change.add(None, shared_values, times=updated)  # a pending row counts no cost yet
+    now = utcnow()
+    for (status_code, status_message, group_id, price), members in groups.items():
+        shared = _shared_values(status_code, status_message, group_id, price, now)
+        updated = ctx.store.update_rows(conn, d, ("provider_message_id", "id"), members,
+                                        where=d.c.status == "pending", same=shared)
+        change.add(None, shared, times=updated)  # a pending row counts no cost yet
     change.write(ctx.store, conn)
 
 
@@ -152,7 +169,7 @@ def reconcile_pending(ctx: RunContext, sender: Sender, summary: DeliverySummary)
         since = (min(claimed) - RECONCILE_MARGIN) if claimed else None
         found.update(sender.find_messages_by_custom_field(LEDGER_FIELD, unknown, since=since))
     now = utcnow()
-    settled = [_outcome_values(row["id"], found[str(row["id"])], _price(ctx, row["message_type"]), now)
+    settled = [_outcome(row["id"], found[str(row["id"])], _price(ctx, row["message_type"]))
                for row in pending if str(row["id"]) in found]
     # SOLAPI has no message with these ledger ids: they were never accepted, so sending is safe.
     unsent = [row["id"] for row in pending if str(row["id"]) not in found]
@@ -178,20 +195,20 @@ def _check_quiet_hours(ctx: RunContext, now: datetime) -> None:
                               f"nothing was sent — run it after {end:%H:%M}")
 
 
-def _apply_frequency_cap(ctx: RunContext, conn: sa.Connection, rows: list[dict[str, Any]], now: datetime) -> set[int]:
+def _apply_frequency_cap(ctx: RunContext, conn: sa.Connection, rows: Sequence[Any], now: datetime) -> set[int]:
     """Ids of rows whose phone already got `max` messages within the window."""
     policy = ctx.campaign.policy
     if not policy.cap_max or not policy.cap_window:
         return set()
     d = t.deliveries
-    phones = list({r["phone"] for r in rows})
+    phones = list({r[_PHONE] for r in rows})
     query = (sa.select(d.c.phone, sa.func.count()).where(
         d.c.phone.in_(phones), d.c.status.in_(COUNTED_AS_SENT), d.c.sent_at >= now - policy.cap_window,
         d.c.occurrence != ctx.occurrence.key).group_by(d.c.phone))
     if policy.cap_scope == "campaign":
         query = query.where(d.c.campaign == ctx.campaign.name)
     counts = dict(conn.execute(query).all())
-    return {r["id"] for r in rows if counts.get(r["phone"], 0) >= policy.cap_max}
+    return {r[_ID] for r in rows if counts.get(r[_PHONE], 0) >= policy.cap_max}
 
 
 def _budget_left(ctx: RunContext, conn: sa.Connection, reserved: Decimal) -> tuple[int | None, Decimal | None]:
@@ -226,10 +243,16 @@ def _block(conn: sa.Connection, ids: list[int], reason: str, summary: DeliverySu
 
 
 # -- send --------------------------------------------------------------------------------
+# What a claim reads of each ledger row, as plain tuples in this order.
+_CLAIMED = (t.deliveries.c.id, t.deliveries.c.phone, t.deliveries.c.message_type, t.deliveries.c.text,
+            t.deliveries.c.subject, t.deliveries.c.kakao)
+_ID, _PHONE, _TYPE = 0, 1, 2
+
+
 @dataclass
 class _Claim:
     batch_id: str
-    rows: list[dict[str, Any]]  # claimed (pending) rows, id order
+    rows: Sequence[Any]  # claimed (pending) rows, id order: (id, phone, message_type, text, subject, kakao)
     last_id: int | None  # the highest id looked at (claimed or blocked): where the next claim starts
     cost: Decimal = Decimal(0)  # what the claimed rows cost if SOLAPI accepts them all
 
@@ -238,10 +261,17 @@ def _ids_in(ids: Any) -> Any:
     return ids_in(t.deliveries.c.id, ids)
 
 
-def _in_batch(ctx: RunContext, batch_id: str, rows: list[dict[str, Any]]) -> Any:
+def _in_batch(ctx: RunContext, batch_id: str, rows: Sequence[Any]) -> Any:
     """A claimed batch's rows: an id range of the occurrence (indexed) with the batch's id."""
     d = t.deliveries
-    return sa.and_(_scope(ctx), d.c.id.between(rows[0]["id"], rows[-1]["id"]), d.c.batch_id == batch_id)
+    return sa.and_(_scope(ctx), d.c.id.between(rows[0][_ID], rows[-1][_ID]), d.c.batch_id == batch_id)
+
+
+def _cost(ctx: RunContext, rows: Sequence[Any]) -> Decimal:
+    counts: dict[str | None, int] = {}
+    for row in rows:
+        counts[row[_TYPE]] = counts.get(row[_TYPE], 0) + 1
+    return sum((_price(ctx, kind) * n for kind, n in counts.items()), Decimal(0))
 
 
 def _claim(ctx: RunContext, batch_size: int, summary: DeliverySummary, after: int,
@@ -252,80 +282,85 @@ def _claim(ctx: RunContext, batch_size: int, summary: DeliverySummary, after: in
     batch_id = uuid.uuid4().hex
     now = utcnow()
     with ctx.store.write() as conn:
-        rows = [{"id": i, "phone": phone, "message_type": type_, "text": text, "subject": subject, "kakao": kakao}
-                for i, phone, type_, text, subject, kakao in conn.execute(
-                    sa.select(d.c.id, d.c.phone, d.c.message_type, d.c.text, d.c.subject, d.c.kakao)
-                    .where(_scope(ctx), d.c.id > after, d.c.status == "ready").order_by(d.c.id).limit(batch_size)).all()]
+        rows = ctx.store.plain_rows(conn, sa.select(*_CLAIMED).where(_scope(ctx), d.c.id > after, d.c.status == "ready")
+                                    .order_by(d.c.id).limit(batch_size))
         if not rows:
             return _Claim(batch_id, [], None)
-        last_id = int(rows[-1]["id"])
+        last_id = int(rows[-1][_ID])
         capped = _apply_frequency_cap(ctx, conn, rows, now)
         _block(conn, sorted(capped), "frequency_cap", summary)
-        rows = [r for r in rows if r["id"] not in capped]
+        if capped:
+            rows = [r for r in rows if r[_ID] not in capped]
         count_left, cost_left = _budget_left(ctx, conn, reserved)
-        allowed: list[dict[str, Any]] = []
-        spend = Decimal(0)
-        over: list[int] = []
-        for row in rows:
-            price = _price(ctx, row["message_type"])
-            if (count_left is not None and len(allowed) >= count_left) or (cost_left is not None and spend + price > cost_left):
-                over.append(row["id"])
-                continue
-            allowed.append(row)
-            spend += price
-        _block(conn, over, "budget", summary)
+        if count_left is None and cost_left is None:
+            allowed, spend = rows, _cost(ctx, rows)
+        else:
+            allowed, spend, over = [], Decimal(0), []
+            for row in rows:
+                price = _price(ctx, row[_TYPE])
+                if (count_left is not None and len(allowed) >= count_left) or (cost_left is not None and spend + price > cost_left):
+                    over.append(row[_ID])
+                    continue
+                allowed.append(row)
+                spend += price
+            _block(conn, over, "budget", summary)
         if allowed:
             # The `status == ready` guard makes two concurrent runs claim disjoint rows. Without
             # policy blocks the batch is every ready row of its id range: claim the range.
             whole = len(allowed) == len(rows)
-            which = d.c.id.between(allowed[0]["id"], allowed[-1]["id"]) if whole else _ids_in(r["id"] for r in allowed)
-            conn.execute(sa.update(d).where(_scope(ctx), which, d.c.status == "ready")
-                         .values(status="pending", batch_id=batch_id, claimed_at=now, updated_at=now,
-                                 attempts=d.c.attempts + 1), execution_options={} if whole else ONE_OFF)
-            claimed = {r[0] for r in conn.execute(sa.select(d.c.id).where(_in_batch(ctx, batch_id, allowed),
-                                                                            d.c.status == "pending"))}
-            extra = claimed - {r["id"] for r in allowed}  # became ready meanwhile (another run released it)
-            if extra:
-                conn.execute(sa.update(d).where(_ids_in(extra)).values(status="ready", batch_id=None),
-                             execution_options=ONE_OFF)
-            kept = [r for r in allowed if r["id"] in claimed]
-            if len(kept) < len(allowed):  # another run claimed some first
-                allowed = kept
-                spend = sum((_price(ctx, r["message_type"]) for r in allowed), Decimal(0))
+            which = d.c.id.between(allowed[0][_ID], allowed[-1][_ID]) if whole else _ids_in(r[_ID] for r in allowed)
+            moved = conn.execute(sa.update(d).where(_scope(ctx), which, d.c.status == "ready")
+                                 .values(status="pending", batch_id=batch_id, claimed_at=now, updated_at=now,
+                                         attempts=d.c.attempts + 1), execution_options={} if whole else ONE_OFF).rowcount
+            # SQLite: this transaction holds the write lock from its first statement, so the rows
+            # read above are exactly the rows moved. Elsewhere another run may have claimed some
+            # (or released others into the range) in between: look at what this batch holds.
+            if ctx.store.dialect != "sqlite" or moved != len(allowed):
+                claimed = {r[0] for r in conn.execute(sa.select(d.c.id).where(_in_batch(ctx, batch_id, allowed),
+                                                                                d.c.status == "pending"))}
+                extra = claimed - {r[_ID] for r in allowed}  # became ready meanwhile (another run released it)
+                if extra:
+                    conn.execute(sa.update(d).where(_ids_in(extra)).values(status="ready", batch_id=None),
+                                 execution_options=ONE_OFF)
+                if len(claimed) - len(extra) < len(allowed):  # another run claimed some first
+                    allowed = [r for r in allowed if r[_ID] in claimed]
+                    spend = _cost(ctx, allowed)
     return _Claim(batch_id, allowed, last_id, spend)
 
 
-def _solapi_message(ctx: RunContext, row: dict[str, Any]) -> dict[str, Any]:
-    message: dict[str, Any] = {"to": row["phone"], "from": ctx.settings.solapi.sender, "text": row["text"],
-                               "type": row["message_type"], "customFields": {LEDGER_FIELD: str(row["id"])}}
-    if row["subject"]:
-        message["subject"] = row["subject"]
-    if row["kakao"]:
-        message["kakaoOptions"] = json.loads(row["kakao"])
-    return message
+def _solapi_messages(ctx: RunContext, rows: Sequence[Any]) -> list[dict[str, Any]]:
+    """The send-many messages of claimed rows, each carrying its ledger id."""
+    sender = ctx.settings.solapi.sender
+    messages = []
+    for row_id, phone, message_type, text, subject, kakao in rows:
+        message: dict[str, Any] = {"to": phone, "from": sender, "text": text, "type": message_type,
+                                   "customFields": {LEDGER_FIELD: str(row_id)}}
+        if subject:
+            message["subject"] = subject
+        if kakao:
+            message["kakaoOptions"] = jsoncodec.loads(kakao)
+        messages.append(message)
+    return messages
 
 
-def _record(ctx: RunContext, rows: list[dict[str, Any]], result: SendManyResult, summary: DeliverySummary) -> int:
+def _record(ctx: RunContext, rows: Sequence[Any], result: SendManyResult, summary: DeliverySummary) -> int:
     """Write SOLAPI's answer into the ledger; returns the number of permanent failures."""
-    outcomes = result.by_custom_field()
+    types = {str(row[_ID]): row[_TYPE] for row in rows}
     failed = 0
-    now = utcnow()
     settled = []
-    for row in rows:
-        outcome = outcomes.get(str(row["id"]))
-        if outcome is None:
-            continue  # in neither list: stays pending and is reconciled below
-        message = {"statusCode": outcome.status_code, "statusMessage": outcome.status_message,
-                   "messageId": outcome.message_id, "groupId": result.group_id}
-        values = _outcome_values(row["id"], message, _price(ctx, row["message_type"]), now)
-        settled.append(values)
-        if values["status"] == "failed":
+    for outcome in result.messages:
+        ledger_id = outcome.custom_fields.get(LEDGER_FIELD)
+        if ledger_id not in types:
+            continue  # not ours (a row of this batch in neither list stays pending and is reconciled)
+        settled.append(Outcome(int(ledger_id), outcome.message_id, outcome.status_code, outcome.status_message[:500],
+                               result.group_id, _price(ctx, types.pop(ledger_id))))
+        if _ledger_status(outcome.status_code) == "failed":
             failed += 1
-            summary.failed += 1
             summary.failures[outcome.status_code] = summary.failures.get(outcome.status_code, 0) + 1
-        else:
-            summary.sent += 1
-    with ctx.store.write() as conn:
+    summary.failed += failed
+    summary.sent += len(settled) - failed
+    # Lost to a power cut, the batch is `pending` again and the next run reconciles it with SOLAPI.
+    with ctx.store.write(rebuildable=True) as conn:
         _settle(ctx, conn, settled)
     return failed
 
@@ -409,7 +444,7 @@ def deliver(ctx: RunContext, sender: Sender | None, *, live: bool, force_resend:
                         cursor = claim.last_id
                     if claim.rows:
                         summary.batches += 1
-                        messages = [_solapi_message(ctx, r) for r in claim.rows]
+                        messages = _solapi_messages(ctx, claim.rows)
                         flights.append(_Flight(claim.batch_id, claim.rows, pool.submit(sender.send_many, messages),
                                                claim.cost))
                     elif claim.last_id is None:

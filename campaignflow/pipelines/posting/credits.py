@@ -99,11 +99,15 @@ def charge(store: StateStore, settings: Settings, *, team: str, plan: str, occur
 
 
 def refund(store: StateStore, debit_id: int, reason: str = "refund") -> None:
+    """Give a debit back. The refund is booked at the debit's time, in its month: a generation
+    charged at 23:59 on the 30th whose call fails after midnight restores November's allowance,
+    and does not give December credits on top of its own."""
     c = t.credit_ledger
     with store.write() as conn:
         row = conn.execute(sa.select(c).where(c.c.id == debit_id)).mappings().one()
         conn.execute(sa.insert(c).values(team=row["team"], plan=row["plan"], occurrence=row["occurrence"],
-                                         amount=-row["amount"], reason=reason, model=row["model"], created_at=utcnow()))
+                                         amount=-row["amount"], reason=reason, model=row["model"],
+                                         created_at=row["created_at"]))
 
 
 def link_generation(store: StateStore, debit_id: int, generation_id: int) -> None:
