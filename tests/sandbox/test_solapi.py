@@ -490,6 +490,120 @@ def test_alimtalk_to_a_non_kakao_user_fails_or_falls_back_to_sms(client: SolapiC
     assert sum(1 for m in group if m.get("replacement")) == 1
 
 
+_WIRE_KEYS = ["messageId", "groupId", "accountId", "to", "from", "type", "country", "text", "subject",
+              "customFields", "kakaoOptions", "statusCode", "statusMessage", "replacement", "dateCreated",
+              "dateUpdated"]  # fmt: skip
+
+
+def _get(base_url: str, path: str, **params: Any) -> httpx.Response:
+    return httpx.get(f"{base_url}{path}", params=params, headers={"Authorization": sign(KEY, SECRET)})
+
+
+def _group_page(base_url: str, group_id: str) -> dict[str, dict[str, Any]]:
+    answer = _get(base_url, f"/messages/v4/groups/{group_id}/messages", limit=500).json()
+    return {m["customFields"]["ledgerId"]: m for m in answer["messageList"].values()}
+
+
+def test_listed_messages_carry_their_delivery_report(
+    client: SolapiClient, sandbox: SolapiSandbox, base_url: str
+) -> None:
+    # The store keeps compact records and rebuilds the wire form: after a report it must show
+    # exactly the fields the report adds, in order, and keep everything that was sent.
+    sandbox.delivery_failures = {phone(2): "3059"}
+    sandbox.non_kakao_users = {phone(3), phone(4)}
+    template = {"pfId": "PF1", "templateId": "T1", "variables": {"#{name}": "홍길동"}}
+    alimtalk = {"type": "ATA", "text": "주문이 접수되었습니다"}
+    result = client.send_many([
+        sms(1),
+        sms(2),
+        sms(3, **alimtalk, kakaoOptions={**template, "disableSms": False}),
+        sms(4, **alimtalk, kakaoOptions={**template, "disableSms": True}),
+        sms(5, to="0101234"),  # refused at intake: stored, never reported
+    ])  # fmt: skip
+    before = _group_page(base_url, result.group_id)
+    assert all(list(m) == _WIRE_KEYS for m in before.values())
+    assert {k: m["statusCode"] for k, m in before.items()} == {"L1": "2000", "L2": "2000", "L3": "2000",
+                                                               "L4": "2000", "L5": "3010"}  # fmt: skip
+
+    assert sandbox.complete_deliveries() == 4
+    after = _group_page(base_url, result.group_id)
+    assert list(after["L1"]) == [*_WIRE_KEYS, "dateReported"]
+    assert (after["L1"]["statusCode"], after["L1"]["statusMessage"], after["L1"]["replacement"]) == (
+        "4000", "Delivered", False)  # fmt: skip
+    assert after["L1"]["dateUpdated"] == after["L1"]["dateReported"]
+    assert list(after["L2"]) == [*_WIRE_KEYS, "refunded", "dateReported"]
+    assert (after["L2"]["statusCode"], after["L2"]["refunded"]) == ("3059", True)
+    assert list(after["L3"]) == [*_WIRE_KEYS, "replacementType", "dateReported"]
+    assert (after["L3"]["statusCode"], after["L3"]["replacement"], after["L3"]["replacementType"]) == (
+        "4000", True, "SMS")  # fmt: skip
+    assert after["L3"]["kakaoOptions"] == {**template, "disableSms": False}
+    assert list(after["L4"]) == [*_WIRE_KEYS, "refunded", "dateReported"]
+    assert (after["L4"]["statusCode"], after["L4"]["refunded"]) == ("3104", True)
+    assert after["L5"] == before["L5"]
+    for ledger, message in after.items():
+        sent = {k: v for k, v in before[ledger].items() if k not in {"statusCode", "statusMessage", "dateUpdated"}}
+        assert {k: message[k] for k in sent} == {**sent, "replacement": ledger == "L3"}
+    # intake charged 20 + 20 + 13 + 13; L2 and L4 are refunded, L3 is billed as the SMS it became
+    assert client.balance()["balance"] == 1_000_000.0 - 20.0 - 20.0
+
+
+def test_lists_page_across_groups_and_check_start_keys(
+    client: SolapiClient, sandbox: SolapiSandbox, base_url: str
+) -> None:
+    first = client.send_many([sms(i) for i in range(3)])
+    second = client.send_many([sms(i) for i in range(3, 6)])
+    sandbox.complete_deliveries()
+
+    page = _get(base_url, "/messages/v4/list", limit=4).json()
+    assert [m["customFields"]["ledgerId"] for m in page["messageList"].values()] == ["L0", "L1", "L2", "L3"]
+    rest = _get(base_url, "/messages/v4/list", limit=4, startKey=page["nextKey"]).json()
+    assert [m["customFields"]["ledgerId"] for m in rest["messageList"].values()] == ["L4", "L5"]
+    assert rest["nextKey"] is None
+    assert len(_get(base_url, "/messages/v4/list", statusCode="4000", limit=500).json()["messageList"]) == 6
+    assert _get(base_url, "/messages/v4/list", statusCode="2000").json()["messageList"] == {}
+    assert list(_get(base_url, "/messages/v4/list", groupId=second.group_id).json()["messageList"]) == [
+        o.message_id for o in second.messages]  # fmt: skip
+
+    group_path = f"/messages/v4/groups/{second.group_id}/messages"
+    own = _get(base_url, group_path, limit=1).json()
+    assert len(_get(base_url, group_path, startKey=own["nextKey"]).json()["messageList"]) == 2
+    foreign = first.messages[0].message_id
+    look_alike = foreign[:-1] + ("A" if foreign[-1] != "A" else "B")
+    for path, key in [(group_path, foreign), (group_path, look_alike), ("/messages/v4/list", look_alike),
+                      ("/messages/v4/list", "M4V-not-an-id")]:  # fmt: skip
+        refused = _get(base_url, path, startKey=key)
+        assert (refused.status_code, refused.json()["errorMessage"]) == (400, "unknown startKey")
+
+
+def test_auto_complete_reports_every_outcome_at_intake(client: SolapiClient, sandbox: SolapiSandbox) -> None:
+    sandbox.auto_complete = True
+    sandbox.delivery_failures = {phone(2): "3059"}
+    sandbox.non_kakao_users = {phone(3)}
+    result = client.send_many(
+        [sms(1), sms(2), sms(3, type="ATA", text="안내", kakaoOptions={"pfId": "PF1", "templateId": "T1"})]
+    )
+    assert [m.status_code for m in result.messages] == ["2000", "2000", "2000"]  # the answer shows intake
+    assert [(m["status"], m.get("replacement")) for m in sandbox.accepted] == [
+        ("4000", None), ("3059", None), ("4000", "SMS")]  # fmt: skip
+    info = result.group_info
+    assert info["status"] == "COMPLETE" and info["isRefunded"] is True
+    assert info["count"] == {"total": 3, "sentTotal": 3, "sentSuccess": 2, "sentPending": 0, "sentReplacement": 1,
+                             "refund": 1, "registeredFailed": 0, "registeredSuccess": 3}  # fmt: skip
+    assert info["countForCharge"] == {"sms": {"82": 2}, "lms": {}, "mms": {}, "ata": {"82": 1}, "cta": {}}
+    assert info["balance"] == {"requested": 53.0, "replacement": 20.0, "refund": 33.0, "sum": 40.0}
+    assert client.balance()["balance"] == 1_000_000.0 - 40.0
+
+
+def test_what_the_sandbox_hands_out_is_a_copy(client: SolapiClient, sandbox: SolapiSandbox) -> None:
+    options = {"pfId": "PF1", "templateId": "T1", "variables": {"#{a}": "1"}}
+    client.send_many([sms(1, type="ATA", text="안내", kakaoOptions=options)])
+    [handed] = sandbox.accepted
+    handed["customFields"]["ledgerId"] = "changed"
+    handed["kakaoOptions"]["variables"]["#{a}"] = "changed"
+    [again] = sandbox.messages_with("L1")
+    assert (again["customFields"], again["kakaoOptions"]) == ({"ledgerId": "L1"}, options)
+
+
 def test_auto_complete_delivers_at_once(client: SolapiClient, sandbox: SolapiSandbox) -> None:
     sandbox.auto_complete = True
     result = client.send_many([sms(1)])
