@@ -137,11 +137,19 @@ def _child(project: str, campaign: str) -> None:
                       "selected": outcome.metadata.get("audience", {}).get("selected", 0),
                       "stages": started, "gc_seconds": collecting["seconds"],
                       "rss_before_mb": rss_before / 1024, "cpu_seconds": _own_cpu() - cpu_start,
-                      "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      # the state store's writer process (campaignflow/state/writer.py), once it has ended
+                      "writer_cpu_seconds": _children_cpu(),
+                      "writer_rss_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 
 
 def _own_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
 

@@ -15,8 +15,10 @@ transaction never fails on lock upgrade) with
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
+import os
 import random
 import sqlite3
 import threading
@@ -123,9 +125,30 @@ class StateStore:
         self._sqlite_updates: dict[tuple[Any, ...], tuple[Any, tuple[str, ...]]] = {}  # by shape and literals
         self._copiers: dict[tuple[Any, ...], Copier | None] = {}  # PostgreSQL COPY, by shape
         self._sqlite_writer = threading.RLock()
+        self._file_lock: _FileLock | None = None  # write transactions queue across processes (SQLite)
 
     def __repr__(self) -> str:
         return f"StateStore({self._url.render_as_string(hide_password=True)!r})"
+
+    @property
+    def url_with_secrets(self) -> str:
+        """The URL, password included: for a child process of this one, never for a log."""
+        return self._url.render_as_string(hide_password=False)
+
+    @property
+    def shareable_across_processes(self) -> bool:
+        """Whether another process can open this same store (not an in-memory SQLite database)."""
+        return self._dialect != "sqlite" or _sqlite_file(self._url) is not None
+
+    def lock_writes_across_processes(self, on: bool) -> None:
+        """SQLite: from now on (or no longer) take a file lock next to the database for each
+        write transaction, so that cooperating processes (a stage and its writer process) queue
+        for the write lock instead of polling in SQLite's busy handler. The kernel releases the
+        lock of a process that dies. No-op on other databases."""
+        path = _sqlite_file(self._url)
+        if self._dialect != "sqlite" or path is None:
+            return
+        self._file_lock = _FileLock(f"{path}-writelock") if on else None
 
     @property
     def engine(self) -> Engine:
@@ -221,7 +244,7 @@ class StateStore:
         # Threads of this process queue here rather than in SQLite's busy handler, which polls
         # with sleeps of up to 100 ms: sixteen plans side by side lost most of their time there.
         # Other processes still meet at BEGIN IMMEDIATE. Reentrant, as a nested write() always was.
-        with self._sqlite_writer, self.engine.connect() as conn:
+        with self._sqlite_writer, self._across_processes(), self.engine.connect() as conn:
             # On the driver's connection: through SQLAlchemy the PRAGMA would open the transaction
             # (autobegin), and SQLite refuses to change the level inside one.
             raw = conn.connection.dbapi_connection
@@ -238,6 +261,15 @@ class StateStore:
                     except Exception:  # never hand a NORMAL connection back to the pool
                         conn.invalidate()
                         raise
+
+    @contextmanager
+    def _across_processes(self) -> Iterator[None]:
+        lock = self._file_lock
+        if lock is None:
+            yield
+            return
+        with lock:
+            yield
 
     def current_revision(self) -> str | None:
         """The schema's Alembic revision, or None when the store was never migrated."""
@@ -494,6 +526,44 @@ class StateStore:
 
 
 # -- engine configuration --------------------------------------------------------------------
+
+
+def _sqlite_file(url: sa.URL) -> str | None:
+    """The file of a SQLite URL, or None for an in-memory database."""
+    database = url.database
+    if not database or database == ":memory:" or url.query.get("mode") == "memory":
+        return None
+    if database.startswith("file:"):
+        return None if "mode=memory" in database else database[5:].split("?", 1)[0]
+    return str(Path(database).expanduser().resolve())
+
+
+class _FileLock:
+    """An exclusive ``flock`` on a file, reentrant within this process (its holder is the thread
+    that holds the store's own writer lock)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._depth = 0
+
+    def __enter__(self) -> None:
+        if self._depth == 0:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd = fd
+        self._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            fd, self._fd = self._fd, None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
 
 def _create_sqlite_parent(url: sa.URL) -> None:

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger, Column, DateTime, Index, Integer, MetaData, Numeric, String, Table, Text, UniqueConstraint,
+    BigInteger, Column, DateTime, Index, Integer, MetaData, Numeric, String, Table, Text, UniqueConstraint, text,
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
@@ -72,6 +72,8 @@ occurrences = Table(
     Column("scheduled_at", UtcDateTime()),                  # the tick or event time
     Column("payload", Text),                                 # JSON of the webhook payload
     Column("run_id", String(64)),                            # last Dagster run that worked on it
+    Column("audience_rows", Integer),                        # rows of its complete audience snapshot (0006);
+                                                             # NULL while one is being written
     Column("created_at", UtcDateTime(), nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
 )
@@ -123,7 +125,9 @@ deliveries = Table(
     # Only what queries need (0004): a status update must not move the row in any index.
     Index(None, "campaign", "occurrence", "id"),
     Index(None, "phone"),
-    Index(None, "provider_message_id"),
+    # Rows SOLAPI has given an id (0006): a rendered row is no entry here until it is sent.
+    Index(None, "provider_message_id", sqlite_where=text("provider_message_id IS NOT NULL"),
+          postgresql_where=text("provider_message_id IS NOT NULL")),
 )
 
 # What messages cost per UTC month: the ledger's counted cost (pending, sent, delivered) kept as

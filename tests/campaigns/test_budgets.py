@@ -87,9 +87,7 @@ def test_settling_a_batch_leaves_rows_a_report_settled_first_and_counts_each_cos
         tmp_path, request: pytest.FixtureRequest, backend: str) -> None:  # type: ignore[no-untyped-def]
     """SOLAPI's delivery report can land before its own answer to the send is recorded (on each
     database: the message ids go through `update_many`, whose statements differ)."""
-    from types import SimpleNamespace
-
-    from campaignflow.pipelines.campaigns.deliveries import _outcome, _settle
+    from campaignflow.pipelines.campaigns.deliveries import _outcome, settle
     from campaignflow.state.spend import SpendChange
     from campaignflow.state.store import StateStore
 
@@ -112,7 +110,7 @@ def test_settling_a_batch_leaves_rows_a_report_settled_first_and_counts_each_cos
     accepted = [_outcome(i, {"statusCode": "2000", "messageId": f"M{i}", "groupId": "G"}, ATA) for i in ids[:60]]
     refused = [_outcome(i, {"statusCode": "3104", "messageId": f"M{i}", "groupId": "G"}, ATA) for i in ids[60:]]
     with store.write() as conn:
-        _settle(SimpleNamespace(store=store), conn, accepted + refused)  # type: ignore[arg-type]
+        settle(store, conn, accepted + refused)
     with store.engine.connect() as conn:
         rows = {r["id"]: r for r in conn.execute(sa.select(d)).mappings()}
         assert rows[ids[0]]["status"] == "delivered"

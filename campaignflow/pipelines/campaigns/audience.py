@@ -16,7 +16,8 @@ import sqlalchemy as sa
 from ... import jsoncodec
 from ...phones import normalize_phone, phone_problem
 from ...state import tables as t
-from ...state.store import ONE_OFF, ids_in, utcnow
+from ...state.store import ONE_OFF, StateStore, ids_in, utcnow
+from ...state.writer import StageWriter
 from .context import RunContext
 
 STATUSES = ("ok", "invalid_phone", "missing_key", "duplicate_key", "duplicate_phone")
@@ -112,29 +113,62 @@ def _mark_duplicates(conn: sa.Connection, campaign: str, occurrence: str) -> Non
                          .values(status=status, reason=reason), execution_options=ONE_OFF)
 
 
+class IncompleteAudience(Exception):
+    """The occurrence has no complete audience snapshot to render messages from."""
+
+
 def select_audience(ctx: RunContext) -> AudienceSummary:
+    """Replace the occurrence's snapshot with what the audience SQL returns now.
+
+    The snapshot is written in chunks, by a second process for a large audience while this one
+    fetches the next rows (state/writer.py), so it is whole only at the end: until then the
+    occurrence's `audience_rows` is NULL, and the messages stage will not render from it.
+    """
     ctx.record_occurrence()
-    m = t.audience_members
+    m, o = t.audience_members, t.occurrences
     name, occ = ctx.campaign.name, ctx.occurrence.key
-    selected = 0
-    with ctx.store.write(rebuildable=True) as conn:
+    this_occurrence = sa.and_(o.c.campaign == name, o.c.occurrence == occ)
+    with ctx.store.write() as conn:
         # A re-run of this stage replaces the snapshot; the ledger still guarantees one message per key.
+        conn.execute(sa.update(o).where(this_occurrence).values(audience_rows=None))
         conn.execute(sa.delete(m).where(m.c.campaign == name, m.c.occurrence == occ))
+    selected = 0
+    with StageWriter(ctx.store) as writer:
         for columns, rows in _source_rows(ctx):
             if not rows:
                 continue
             key_at = _position(columns, ctx.campaign.audience.key)
             phone_at = _position(columns, ctx.campaign.audience.phone)
             members = _members(ctx, columns, rows, key_at, phone_at, selected)
-            ctx.store.insert_rows(conn, m, MEMBER_COLUMNS, members,
-                                  constants={"campaign": name, "occurrence": occ, "created_at": utcnow()})
+            writer.submit(insert_members, (name, occ), members, rows=len(members))
             selected += len(members)
             ctx.progress("audience", selected, 0)
+    with ctx.store.write() as conn:
         _mark_duplicates(conn, name, occ)
         counts = dict(conn.execute(sa.select(m.c.status, sa.func.count()).where(m.c.campaign == name, m.c.occurrence == occ)
                                    .group_by(m.c.status)).all())
+        conn.execute(sa.update(o).where(this_occurrence).values(audience_rows=selected))
     ctx.log.info(f"audience of {name} [{occ}]: {selected} rows selected, {counts.get('ok', 0)} usable")
     return AudienceSummary(selected, {status: int(counts.get(status, 0)) for status in STATUSES})
+
+
+def insert_members(store: StateStore, conn: sa.Connection, scope: tuple[str, str],
+                   members: list[tuple[Any, ...]]) -> None:
+    """A chunk of the snapshot (a writer job: `scope` is (campaign, occurrence))."""
+    store.insert_rows(conn, t.audience_members, MEMBER_COLUMNS, members,
+                      constants={"campaign": scope[0], "occurrence": scope[1], "created_at": utcnow()})
+
+
+def require_complete_audience(ctx: RunContext) -> None:
+    """Raise IncompleteAudience unless the occurrence's audience stage finished its snapshot."""
+    o = t.occurrences
+    with ctx.store.engine.connect() as conn:
+        rows = conn.execute(sa.select(o.c.audience_rows).where(
+            o.c.campaign == ctx.campaign.name, o.c.occurrence == ctx.occurrence.key)).scalar_one_or_none()
+    if rows is None:
+        raise IncompleteAudience(
+            f"{ctx.campaign.name} [{ctx.occurrence.key}] has no complete audience: its audience stage has not "
+            "finished (it is running, or it failed). Materialize the audience first; nothing was rendered.")
 
 
 def iter_members(ctx: RunContext, chunk_size: int,

@@ -33,7 +33,8 @@ from ...resources.solapi import (
 from ...scheduling import in_quiet_hours, parse_clock, zone
 from ...state import tables as t
 from ...state.spend import COUNTED_AS_SENT, SpendChange, month_of, spent
-from ...state.store import ONE_OFF, ids_in, utcnow
+from ...state.store import ONE_OFF, StateStore, ids_in, utcnow
+from ...state.writer import StageWriter
 from .context import RunContext
 
 # How far before the claim time to look for a reconciled message (clock skew with SOLAPI).
@@ -123,7 +124,20 @@ def _shared_values(status_code: str, status_message: str, group_id: str | None, 
             "updated_at": now}
 
 
-def _settle(ctx: RunContext, conn: sa.Connection, outcomes: list[Outcome]) -> None:
+# Outcomes that share everything but SOLAPI's message id: (status code, status message, group id,
+# price, [(message id, ledger id), ...]).
+SettleGroup = tuple[str, str, "str | None", Decimal, list[tuple["str | None", int]]]
+
+
+def settle(store: StateStore, conn: sa.Connection, outcomes: list[Outcome]) -> None:
+    """Write outcomes of `pending` rows (see settle_groups)."""
+    groups: dict[tuple[Any, ...], list[tuple[str | None, int]]] = {}
+    for outcome in outcomes:
+        groups.setdefault(outcome[2:], []).append((outcome.message_id, outcome.row_id))
+    settle_groups(store, conn, [(*shared, members) for shared, members in groups.items()])
+
+
+def settle_groups(store: StateStore, conn: sa.Connection, groups: list[SettleGroup]) -> None:
     """Write many outcomes of `pending` rows with as few statements as possible.
 
     A row a delivery report already moved on (it can arrive before SOLAPI's own answer is
@@ -131,20 +145,18 @@ def _settle(ctx: RunContext, conn: sa.Connection, outcomes: list[Outcome]) -> No
     `status = pending`. A batch's rows share everything but SOLAPI's message id, except for a
     few outcomes (failures, other prices): each group of equal outcomes is one `update_rows` with
     the shared values bound once (each row written once: on PostgreSQL every UPDATE is a new row
-    version), and its row count says what the group adds to the month's spend.
+    version), and its row count says what the group adds to the month's spend. (A writer job: a
+    batch's outcomes are settled by the writer process while the next batch is sent.)
     """
     d = t.deliveries
-    groups: dict[tuple[Any, ...], list[tuple[str | None, int]]] = {}
-    for outcome in outcomes:
-        groups.setdefault(outcome[2:], []).append((outcome.message_id, outcome.row_id))
     change = SpendChange()
     now = utcnow()
-    for (status_code, status_message, group_id, price), members in groups.items():
+    for status_code, status_message, group_id, price, members in groups:
         shared = _shared_values(status_code, status_message, group_id, price, now)
-        updated = ctx.store.update_rows(conn, d, ("provider_message_id", "id"), members,
-                                        where=d.c.status == "pending", same=shared)
+        updated = store.update_rows(conn, d, ("provider_message_id", "id"), members,
+                                    where=d.c.status == "pending", same=shared)
         change.add(None, shared, times=updated)  # a pending row counts no cost yet
-    change.write(ctx.store, conn)
+    change.write(store, conn)
 
 
 def reconcile_pending(ctx: RunContext, sender: Sender, summary: DeliverySummary) -> None:
@@ -177,7 +189,7 @@ def reconcile_pending(ctx: RunContext, sender: Sender, summary: DeliverySummary)
         if unsent:
             conn.execute(sa.update(d).where(_ids_in(unsent), d.c.status == "pending")
                          .values(status="ready", batch_id=None, updated_at=now), execution_options=ONE_OFF)
-        _settle(ctx, conn, settled)
+        settle(ctx.store, conn, settled)
     summary.reconciled += len(settled)
     summary.requeued += len(unsent)
 
@@ -343,26 +355,34 @@ def _solapi_messages(ctx: RunContext, rows: Sequence[Any]) -> list[dict[str, Any
     return messages
 
 
-def _record(ctx: RunContext, rows: Sequence[Any], result: SendManyResult, summary: DeliverySummary) -> int:
-    """Write SOLAPI's answer into the ledger; returns the number of permanent failures."""
+def _record(ctx: RunContext, rows: Sequence[Any], result: SendManyResult, summary: DeliverySummary,
+            writer: StageWriter) -> int:
+    """Hand SOLAPI's answer to the writer for the ledger; returns the number of permanent failures."""
     types = {str(row[_ID]): row[_TYPE] for row in rows}
+    groups: dict[tuple[str, str, str | None], list[tuple[str | None, int]]] = {}
+    for ledger_id, message_id, status_code, status_message in result.ledger_outcomes():
+        message_type = types.pop(ledger_id, _NOT_OURS)
+        if message_type is _NOT_OURS:
+            continue  # not this batch's (a row of it in neither list stays pending and is reconciled)
+        key = (status_code, status_message[:500], message_type)
+        members = groups.get(key)
+        if members is None:
+            members = groups[key] = []
+        members.append((message_id, int(ledger_id)))
     failed = 0
-    settled = []
-    for outcome in result.messages:
-        ledger_id = outcome.custom_fields.get(LEDGER_FIELD)
-        if ledger_id not in types:
-            continue  # not ours (a row of this batch in neither list stays pending and is reconciled)
-        settled.append(Outcome(int(ledger_id), outcome.message_id, outcome.status_code, outcome.status_message[:500],
-                               result.group_id, _price(ctx, types.pop(ledger_id))))
-        if _ledger_status(outcome.status_code) == "failed":
-            failed += 1
-            summary.failures[outcome.status_code] = summary.failures.get(outcome.status_code, 0) + 1
+    for (status_code, _, _), members in groups.items():
+        if _ledger_status(status_code) == "failed":
+            failed += len(members)
+            summary.failures[status_code] = summary.failures.get(status_code, 0) + len(members)
     summary.failed += failed
-    summary.sent += len(settled) - failed
-    # Lost to a power cut, the batch is `pending` again and the next run reconciles it with SOLAPI.
-    with ctx.store.write(rebuildable=True) as conn:
-        _settle(ctx, conn, settled)
+    summary.sent += sum(len(members) for members in groups.values()) - failed
+    # Lost to a crash, the batch is `pending` again and the next run reconciles it with SOLAPI.
+    writer.submit(settle_groups, [(code, text, result.group_id, _price(ctx, kind), members)
+                                  for (code, text, kind), members in groups.items()], rows=len(rows))
     return failed
+
+
+_NOT_OURS: Any = object()
 
 
 def _release(ctx: RunContext, flight: _Flight) -> None:
@@ -402,14 +422,14 @@ def _total_ready(ctx: RunContext) -> int:
 
 
 # Requests kept in flight at once: the next batch is claimed and encoded while SOLAPI works on
-# the previous one. Ledger writes stay on the calling thread; only HTTP runs in the pool.
+# the previous one. Claims stay on the calling thread; HTTP runs in the pool, settling in the writer.
 IN_FLIGHT = 2
 
 
 @dataclass
 class _Flight:
     batch_id: str
-    rows: list[dict[str, Any]]
+    rows: Sequence[Any]
     future: Future[SendManyResult]
     cost: Decimal = Decimal(0)  # what the batch costs if SOLAPI accepts all of it
 
@@ -434,7 +454,12 @@ def deliver(ctx: RunContext, sender: Sender | None, *, live: bool, force_resend:
     flights: deque[_Flight] = deque()
     exhausted = False
     cursor = 0  # claims walk the ledger in id order; back to the start when rows may have become ready again
-    with ThreadPoolExecutor(max_workers=max(1, in_flight), thread_name_prefix="solapi") as pool:
+    # Many batches: a second process settles one while this one claims and sends the next.
+    with StageWriter(ctx.store) as writer, \
+            ThreadPoolExecutor(max_workers=max(1, in_flight), thread_name_prefix="solapi") as pool:
+        def land(flight: _Flight) -> bool:
+            return _land(ctx, flight, summary, progress, writer)
+
         try:
             while True:
                 while not exhausted and len(flights) < max(1, in_flight):
@@ -453,18 +478,19 @@ def deliver(ctx: RunContext, sender: Sender | None, *, live: bool, force_resend:
                         cursor = 0
                 if not flights:
                     break
-                if _land(ctx, flights.popleft(), summary, progress):
-                    # Some outcome is unknown. Reconciling while other batches are still in flight would
-                    # mistake them for "never sent", so land them all first.
+                if land(flights.popleft()):
+                    # Some outcome is unknown. Reconciling while other batches are still in flight (or
+                    # their outcomes still unwritten) would mistake them for "never sent": land them all.
                     while flights:
-                        _land(ctx, flights.popleft(), summary, progress)
+                        land(flights.popleft())
+                    writer.wait()
                     reconcile_pending(ctx, sender, summary)
                     cursor = 0
                     exhausted = False
         except DeliveryStopped:
             while flights:  # what SOLAPI already accepted must reach the ledger before the run stops
                 try:
-                    _land(ctx, flights.popleft(), summary, progress)
+                    land(flights.popleft())
                 except DeliveryStopped:
                     pass
             raise
@@ -482,7 +508,7 @@ class _Progress:
         self.ctx.progress("deliveries", self.done, self.total)
 
 
-def _land(ctx: RunContext, flight: _Flight, summary: DeliverySummary, progress: _Progress) -> bool:
+def _land(ctx: RunContext, flight: _Flight, summary: DeliverySummary, progress: _Progress, writer: StageWriter) -> bool:
     """Record one batch's answer; returns True when its outcome (or part of it) is unknown."""
     rows = flight.rows
     try:
@@ -498,17 +524,18 @@ def _land(ctx: RunContext, flight: _Flight, summary: DeliverySummary, progress: 
     except SolapiRequestError as exc:
         _fail_batch(ctx, flight, exc, summary)
         raise DeliveryStopped(f"SOLAPI refused the request: {exc.error_code} {exc.error_message}") from exc
-    failed = _record(ctx, rows, result, summary)
+    failed = _record(ctx, rows, result, summary, writer)
     progress.advance(len(rows))
     ctx.log.info(f"batch {flight.batch_id[:8]}: {len(rows) - failed} accepted, {failed} failed (group {result.group_id})")
     if failed / len(rows) > ctx.campaign.max_failure_rate:
         raise DeliveryStopped(f"{failed} of {len(rows)} messages in one batch failed permanently (more than "
                               f"{ctx.campaign.max_failure_rate:.0%}); stopping so the cause can be looked at — "
-                              f"the rest stay queued. Example failure: {_example_failure(ctx, flight)}")
+                              f"the rest stay queued. Example failure: {_example_failure(ctx, flight, writer)}")
     return bool(result.unmatched_ledger_ids)
 
 
-def _example_failure(ctx: RunContext, flight: _Flight) -> str:
+def _example_failure(ctx: RunContext, flight: _Flight, writer: StageWriter) -> str:
+    writer.wait()  # the batch's outcomes are in the ledger
     d = t.deliveries
     with ctx.store.engine.connect() as conn:
         row = conn.execute(sa.select(d.c.phone, d.c.status_code, d.c.status_message)

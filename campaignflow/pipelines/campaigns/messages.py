@@ -17,8 +17,9 @@ import sqlalchemy as sa
 from ... import jsoncodec, templating, textlimits
 from ...config.models import Campaign, Lookup, Message, Variable
 from ...state import tables as t
-from ...state.store import utcnow
-from .audience import iter_members
+from ...state.store import StateStore, utcnow
+from ...state.writer import StageWriter
+from .audience import iter_members, require_complete_audience
 from .context import RunContext
 
 ALIMTALK_MAX_CHARS = 1000
@@ -243,6 +244,7 @@ WRITE_ROWS = 50_000
 
 
 def render_messages(ctx: RunContext, chunk_size: int = 5000) -> MessagesSummary:
+    require_complete_audience(ctx)
     campaign = ctx.campaign
     builder = MessageBuilder(campaign, ctx.occurrence.payload, _builtins(ctx, utcnow()))
     params = ctx.occurrence.sql_parameters(campaign.name)
@@ -253,27 +255,31 @@ def render_messages(ctx: RunContext, chunk_size: int = 5000) -> MessagesSummary:
     # No ledger row of this occurrence yet (a first run): nothing can need refreshing, so chunks
     # skip the look at existing rows; a concurrent run's rows still win (the insert skips them).
     fresh = not _has_ledger_rows(ctx)
+    scope = (campaign.name, ctx.occurrence.key)
     pending: list[tuple[Any, ...]] = []
-    for members in iter_members(ctx, chunk_size):
-        rows = [jsoncodec.loads(data) for _, _, _, data in members]
-        looked_up = lookup_values(campaign, ctx.business, rows, params, cache)
-        for (_, key, phone, _), row in zip(members, rows):
-            try:
-                msg = builder.build(row, looked_up)
-            except RenderProblem as problem:
-                pending.append((key, phone, "failed_render", problem.reason, problem.detail, None, None, None, None))
-                failed += 1
-                failures[problem.reason] = failures.get(problem.reason, 0) + 1
-                continue
-            kakao = jsoncodec.dumps(msg.kakao) if msg.kakao else None
-            pending.append((key, phone, "ready", None, None, msg.message_type, msg.text, msg.subject, kakao))
-            rendered += 1
-            by_type[msg.message_type] = by_type.get(msg.message_type, 0) + 1
-        if len(pending) >= WRITE_ROWS:
-            _write(ctx, pending, fresh)
-            pending = []
-        ctx.progress("messages", rendered + failed, 0)
-    _write(ctx, pending, fresh)
+    # A large audience is written by a second process while this one renders the next rows.
+    with StageWriter(ctx.store) as writer:
+        for members in iter_members(ctx, chunk_size):
+            rows = [jsoncodec.loads(data) for _, _, _, data in members]
+            looked_up = lookup_values(campaign, ctx.business, rows, params, cache)
+            for (_, key, phone, _), row in zip(members, rows):
+                try:
+                    msg = builder.build(row, looked_up)
+                except RenderProblem as problem:
+                    pending.append((key, phone, "failed_render", problem.reason, problem.detail, None, None, None, None))
+                    failed += 1
+                    failures[problem.reason] = failures.get(problem.reason, 0) + 1
+                    continue
+                kakao = jsoncodec.dumps(msg.kakao) if msg.kakao else None
+                pending.append((key, phone, "ready", None, None, msg.message_type, msg.text, msg.subject, kakao))
+                rendered += 1
+                by_type[msg.message_type] = by_type.get(msg.message_type, 0) + 1
+            if len(pending) >= WRITE_ROWS:
+                writer.submit(write_ledger_rows, scope, pending, fresh, rows=len(pending))
+                pending = []
+            ctx.progress("messages", rendered + failed, 0)
+        if pending:
+            writer.submit(write_ledger_rows, scope, pending, fresh, rows=len(pending))
     ctx.log.info(f"messages of {campaign.name} [{ctx.occurrence.key}]: {rendered} rendered, {failed} not renderable")
     return MessagesSummary(rendered, failed, by_type, failures)
 
@@ -285,28 +291,25 @@ def _has_ledger_rows(ctx: RunContext) -> bool:
                                                     d.c.occurrence == ctx.occurrence.key).limit(1)).first() is not None
 
 
-def _write(ctx: RunContext, ledger: list[tuple[Any, ...]], fresh: bool) -> None:
-    """Insert new ledger rows; refresh rows that never left; leave everything else alone."""
-    if not ledger:
-        return
+def write_ledger_rows(store: StateStore, conn: sa.Connection, scope: tuple[str, str], ledger: list[tuple[Any, ...]],
+                      fresh: bool) -> None:
+    """Insert new ledger rows; refresh rows that never left; leave everything else alone.
+    (A writer job: `scope` is (campaign, occurrence), `ledger` rows as LEDGER_COLUMNS.)"""
     d = t.deliveries
+    campaign, occurrence = scope
     now = utcnow()
-    constants = {"campaign": ctx.campaign.name, "occurrence": ctx.occurrence.key, "created_at": now,
-                 "updated_at": now, "attempts": 0}
-    with ctx.store.write(rebuildable=True) as conn:  # a re-run renders lost rows again
-        if fresh:
-            ctx.store.insert_rows(conn, d, LEDGER_COLUMNS, ledger, constants=constants, skip_duplicates=True)
-            return
-        existing: dict[str, str] = {}
-        keys = [row[0] for row in ledger]
-        for start in range(0, len(keys), 5000):
-            existing.update(conn.execute(sa.select(d.c.recipient_key, d.c.status).where(
-                d.c.campaign == ctx.campaign.name, d.c.occurrence == ctx.occurrence.key,
-                d.c.recipient_key.in_(keys[start:start + 5000]))).all())
-        new = [row for row in ledger if row[0] not in existing]
-        ctx.store.insert_rows(conn, d, LEDGER_COLUMNS, new, constants=constants, skip_duplicates=True)
-        scope = (ctx.campaign.name, ctx.occurrence.key)
-        stale = [scope + row for row in ledger if existing.get(row[0]) in UNSENT]
-        ctx.store.update_rows(conn, d, ("campaign", "occurrence", *LEDGER_COLUMNS), stale,
-                              match=("campaign", "occurrence", "recipient_key"), same={"updated_at": now},
-                              where=d.c.status.in_(UNSENT))
+    constants = {"campaign": campaign, "occurrence": occurrence, "created_at": now, "updated_at": now, "attempts": 0}
+    if fresh:
+        store.insert_rows(conn, d, LEDGER_COLUMNS, ledger, constants=constants, skip_duplicates=True)
+        return
+    existing: dict[str, str] = {}
+    keys = [row[0] for row in ledger]
+    for start in range(0, len(keys), 5000):
+        existing.update(conn.execute(sa.select(d.c.recipient_key, d.c.status).where(
+            d.c.campaign == campaign, d.c.occurrence == occurrence, d.c.recipient_key.in_(keys[start:start + 5000]))).all())
+    new = [row for row in ledger if row[0] not in existing]
+    store.insert_rows(conn, d, LEDGER_COLUMNS, new, constants=constants, skip_duplicates=True)
+    stale = [scope + row for row in ledger if existing.get(row[0]) in UNSENT]
+    store.update_rows(conn, d, ("campaign", "occurrence", *LEDGER_COLUMNS), stale,
+                      match=("campaign", "occurrence", "recipient_key"), same={"updated_at": now},
+                      where=d.c.status.in_(UNSENT))

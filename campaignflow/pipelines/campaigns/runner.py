@@ -17,7 +17,7 @@ from ...gctuning import fewer_collections
 from ...project import Project
 from ...scheduling import Partitioning, fires_on
 from ..run_config import CampaignRunConfig
-from .audience import select_audience
+from .audience import IncompleteAudience, select_audience
 from .context import Occurrence, RunContext, latest_occurrence
 from .deliveries import DeliveryStopped, deliver
 from .messages import render_messages
@@ -84,8 +84,11 @@ def run_campaign(context: dg.AssetExecutionContext, project: Project, campaign: 
             **{f"status/{k}": v for k, v in summary.counts.items()}})
     if "messages" in stages:
         ctx.record_occurrence()
-        with fewer_collections():
-            rendered = render_messages(ctx)
+        try:
+            with fewer_collections():
+                rendered = render_messages(ctx)
+        except IncompleteAudience as incomplete:
+            raise dg.Failure(str(incomplete), allow_retries=False) from incomplete
         yield dg.MaterializeResult(asset_key=key("messages"), metadata={
             **base, "rendered": rendered.rendered, "not_renderable": rendered.failed,
             **{f"type/{k}": v for k, v in rendered.by_type.items()},
