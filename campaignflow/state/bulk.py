@@ -263,6 +263,16 @@ class JoinedUpdate:
         return tuple(shared + flat) if self.postgresql else tuple(flat + shared)
 
 
+def _any_longer(values: Sequence[Any], limit: int) -> bool:
+    """Whether a string among `values` is longer than `limit` characters (other values do not count)."""
+    try:  # in C, an upper bound (bytes and lists have lengths too): the generator took 1.6 µs a ledger row
+        if max(map(len, filter(None, values)), default=0) <= limit:
+            return False
+    except TypeError:  # numbers among them
+        pass
+    return any(isinstance(v, str) and len(v) > limit for v in values)
+
+
 class RowRules:
     """What an insert checks before it lets INSERT IGNORE near the rows."""
 
@@ -313,12 +323,12 @@ class RowRules:
             if key not in position:
                 raise ValueError(f"{name}: column {key!r} is required")
             i = position[key]
-            if any(row[i] is None for row in rows):
+            if None in [row[i] for row in rows]:
                 index = next(n for n, r in enumerate(rows) if r[i] is None)
                 raise ValueError(f"{name}: row {index}: column {key!r} must not be None")
         for key, limit in self.max_chars:
             values = self._values(key, position, rows, constants)
-            if values is not None and max((len(v) for v in values if isinstance(v, str)), default=0) > limit:
+            if values is not None and _any_longer(values, limit):
                 index, value = next((i, v) for i, v in enumerate(values) if isinstance(v, str) and len(v) > limit)
                 raise ValueError(f"{name}: row {index}: {key!r} is {len(value)} characters, more than {limit}")
         for key, limit in self.max_bytes:
@@ -330,6 +340,7 @@ class RowRules:
 
     @staticmethod
     def _values(key: str, position: Mapping[str, int], rows: Rows, constants: Mapping[str, Any]) -> list[Any] | None:
+        """One column's values (a constant as a one-value list), or None when not written."""
         if key in constants:
             return [constants[key]]
         if key in position:

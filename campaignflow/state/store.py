@@ -109,8 +109,11 @@ class StateStore:
             # sqlite3 keeps the last N statements it prepared per connection (default 128). The
             # ledger's one-off statements (ids written out) made that cache hold ~30 MB at 300,000
             # recipients; the statements that repeat are far fewer than 16.
-            self._engine = sa.create_engine(parsed, connect_args={"cached_statements": SQLITE_CACHED_STATEMENTS},
-                                            pool_use_lifo=True)
+            # A file's pool hands out the connection returned last: a writer keeps its warm page
+            # cache (another connection's write empties it). In-memory databases use one
+            # connection per thread, which has no such option.
+            pool = {"pool_use_lifo": True} if _sqlite_file(parsed) is not None else {}
+            self._engine = sa.create_engine(parsed, connect_args={"cached_statements": SQLITE_CACHED_STATEMENTS}, **pool)
             _configure_sqlite(self._engine)
         elif self._dialect == "mysql":
             # MySQL closes idle connections after wait_timeout (8 h by default).

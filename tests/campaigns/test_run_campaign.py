@@ -6,15 +6,104 @@ is checked where it matters.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from typing import Any
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Callable
 
 import pytest
+import sqlalchemy as sa
 
+from campaignflow.resources import configurable as configurable_module
 from campaignflow.resources import solapi as solapi_module
 from campaignflow.pipelines.campaigns import deliveries as deliveries_module
+from campaignflow.pipelines.campaigns import messages as messages_module
+from campaignflow.state import writer as writer_module
+from campaignflow.state.spend import month_of, spent
+from campaignflow.state.store import utcnow
+from campaignflow.state.writer import ProcessWriter
 
 from worlds import CampaignWorld, make_world
+
+
+# -- the stages' bulk writes: in the stage's process, or in a writer process -------------------
+#
+# The example data is small (about 120 usable recipients), so the stages write inline. "child
+# process" makes every stage hand its writes to a writer process (state/writer.py): the writer
+# takes over from 50 rows, the audience is fetched and the ledger rendered 40 rows at a time, and
+# messages go out in batches of 20 — several jobs per stage, most of them in the child.
+
+SMALL = 40
+CHILD_BATCH = 20
+
+
+@dataclass
+class Writer:
+    engaged: bool  # whether the stages' writes are meant to reach a writer process
+    children: list[ProcessWriter] = field(default_factory=list)  # every writer process started
+    jobs: list[tuple[ProcessWriter, str]] = field(default_factory=list)  # the jobs handed to them
+
+    def batch_size(self, world: CampaignWorld, inline: int | None = None) -> int | None:
+        """Set the campaign's batch size: `inline` (None: the settings' default), or small
+        batches when the writer process is engaged. Returns the batch size set."""
+        size = CHILD_BATCH if self.engaged else inline
+        if size is not None:
+            _set_batch_size(world, size)
+        return size
+
+    def assert_ran(self, *jobs: str) -> None:
+        """Inline: no writer process ever started. Child process: `jobs` ran in one, and every
+        writer process that took jobs was stopped cleanly."""
+        if not self.engaged:
+            assert self.children == [] and self.jobs == []
+            return
+        assert self.children, "no writer process was started"
+        assert set(jobs) <= {name for _, name in self.jobs}, Counter(name for _, name in self.jobs)
+        busy = {id(child) for child, _ in self.jobs}
+        assert [c._process.returncode for c in self.children if id(c) in busy] == [0] * len(busy)
+        assert all(c._process.returncode is not None for c in self.children)  # none left running
+
+
+def _spied(method: Callable[..., Any], jobs: list[tuple[ProcessWriter, str]]) -> Callable[..., Any]:
+    def spy(self: ProcessWriter, job: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        jobs.append((self, job.__name__))
+        return method(self, job, *args, **kwargs)
+    return spy
+
+
+def _writer(monkeypatch: pytest.MonkeyPatch, engaged: bool) -> Writer:
+    spy = Writer(engaged)
+    real_init = ProcessWriter.__init__
+
+    def init(self: ProcessWriter, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        spy.children.append(self)
+
+    monkeypatch.setattr(ProcessWriter, "__init__", init)
+    for name in ("submit", "call"):  # every way a job reaches the writer process
+        if hasattr(ProcessWriter, name):
+            monkeypatch.setattr(ProcessWriter, name, _spied(getattr(ProcessWriter, name), spy.jobs))
+    if engaged:
+        monkeypatch.setattr(writer_module.os, "cpu_count", lambda: 2)  # it forks only with a second core
+        monkeypatch.setattr(writer_module, "PROCESS_WRITER_ROWS", 50)
+        monkeypatch.setattr(messages_module, "WRITE_ROWS", SMALL)
+        members = messages_module.iter_members
+        monkeypatch.setattr(messages_module, "iter_members",
+                            lambda ctx, chunk_size, *args, **kwargs: members(ctx, SMALL, *args, **kwargs))
+        business = configurable_module._business
+        monkeypatch.setattr(configurable_module, "_business",
+                            lambda url, chunk_size, timeout: business(url, SMALL, timeout))
+    return spy
+
+
+@pytest.fixture(params=["inline", "child process"])
+def writer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Writer:
+    return _writer(monkeypatch, request.param == "child process")
+
+
+# Every stage's jobs, when they all reach the writer process.
+STAGE_JOBS = ("insert_members", "write_ledger_rows", "settle_groups")
 
 
 def _accepted_by_ledger_id(world: CampaignWorld) -> Counter[str]:
@@ -32,10 +121,12 @@ def _assert_each_usable_recipient_got_exactly_one(world: CampaignWorld, campaign
     assert set(counts.values()) == {1}, "a ledger row reached SOLAPI more than once"
 
 
-def test_review_request_reaches_every_usable_recipient_once(world: CampaignWorld) -> None:
+def test_review_request_reaches_every_usable_recipient_once(world: CampaignWorld, writer: Writer) -> None:
+    writer.batch_size(world)
     outcome = world.run("review_request", live=True, occurrence="2026-11-23")
     assert outcome.success, outcome.error
     _assert_each_usable_recipient_got_exactly_one(world, "review_request", "2026-11-23")
+    writer.assert_ran(*STAGE_JOBS)
     message = world.sandbox.solapi.accepted[0]
     assert message["type"] == "ATA" and message["kakaoOptions"]["templateId"] == "TK_REVIEW_REQUEST"
     assert set(message["kakaoOptions"]["variables"]) == {"#{회사명}", "#{리뷰수}"}
@@ -58,7 +149,8 @@ def test_every_selected_row_is_accounted_for(world: CampaignWorld) -> None:
     assert "invalid_phone" in reasons and "duplicate_phone" in reasons
 
 
-def test_a_rerun_of_the_same_occurrence_sends_nothing_new(world: CampaignWorld) -> None:
+def test_a_rerun_of_the_same_occurrence_sends_nothing_new(world: CampaignWorld, writer: Writer) -> None:
+    writer.batch_size(world)
     first = world.run("review_request", live=True, occurrence="2026-11-09")
     sent = len(world.sandbox.solapi.accepted)
     second = world.run("review_request", live=True, occurrence="2026-11-09")
@@ -66,35 +158,48 @@ def test_a_rerun_of_the_same_occurrence_sends_nothing_new(world: CampaignWorld) 
     assert len(world.sandbox.solapi.accepted) == sent
     assert second.metadata["deliveries"]["sent"] == 0
     _assert_each_usable_recipient_got_exactly_one(world, "review_request", "2026-11-09")
+    writer.assert_ran(*STAGE_JOBS)
 
 
-def test_crash_between_ledger_write_and_send_ends_exactly_once(world: CampaignWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_between_ledger_write_and_send_ends_exactly_once(world: CampaignWorld, monkeypatch: pytest.MonkeyPatch,
+                                                               writer: Writer) -> None:
     real = solapi_module.SolapiClient.send_many
     calls = {"n": 0}
+    # Inline: batch 2 of 2. With the writer process: batch 4, so that batches were settled by it
+    # before the crash (and, two in flight, batch 5 was accepted by SOLAPI but never landed).
+    crash_at = 4 if writer.engaged else 2
 
-    def crash_on_second_batch(self: Any, messages: list[dict[str, Any]], **kw: Any) -> Any:
+    def crash_on_a_batch(self: Any, messages: list[dict[str, Any]], **kw: Any) -> Any:
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == crash_at:
             raise SystemError("worker killed after the ledger write, before the HTTP call")
         return real(self, messages, **kw)
 
-    monkeypatch.setattr(solapi_module.SolapiClient, "send_many", crash_on_second_batch)
+    monkeypatch.setattr(solapi_module.SolapiClient, "send_many", crash_on_a_batch)
     world.project()  # settings unchanged; small batches make several of them
-    _set_batch_size(world, 100)
+    batch = writer.batch_size(world, 100)
     crashed = world.run("review_request", live=True, occurrence="2026-11-03")
     assert not crashed.success
     ledger = world.ledger("review_request", "2026-11-03")
     pending = [r for r in ledger if r["status"] == "pending"]
-    assert 0 < len(pending) < 100 and len(ledger) - len(pending) == 100  # batch 1 sent, batch 2 claimed, then the crash
+    sent = [r for r in ledger if r["status"] == "sent"]
+    if not writer.engaged:
+        assert 0 < len(pending) < 100 and len(ledger) - len(pending) == 100  # batch 1 sent, batch 2 claimed, then the crash
+    assert pending and len(sent) == batch * (crash_at - 1)  # every batch before the crash landed
+    accepted = set(_accepted_by_ledger_id(world))
+    assert {str(r["id"]) for r in sent} <= accepted
+    accepted_pending = [r for r in pending if str(r["id"]) in accepted]  # sent, its answer never written
     monkeypatch.setattr(solapi_module.SolapiClient, "send_many", real)
     resumed = world.run("review_request", live=True, occurrence="2026-11-03")
     assert resumed.success, resumed.error
-    assert resumed.metadata["deliveries"]["requeued"] == len(pending)
+    assert resumed.metadata["deliveries"]["reconciled"] == len(accepted_pending)
+    assert resumed.metadata["deliveries"]["requeued"] == len(pending) - len(accepted_pending)
     _assert_each_usable_recipient_got_exactly_one(world, "review_request", "2026-11-03")
+    writer.assert_ran(*STAGE_JOBS)
 
 
 def test_crash_after_solapi_accepted_but_before_the_ledger_update_does_not_resend(
-        world: CampaignWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+        world: CampaignWorld, monkeypatch: pytest.MonkeyPatch, writer: Writer) -> None:
     real = deliveries_module._record
     calls = {"n": 0}
 
@@ -105,24 +210,27 @@ def test_crash_after_solapi_accepted_but_before_the_ledger_update_does_not_resen
         return real(*args, **kwargs)
 
     monkeypatch.setattr(deliveries_module, "_record", die_after_send)
-    _set_batch_size(world, 100)
+    batch = writer.batch_size(world, 100)
+    assert batch is not None
     assert not world.run("review_request", live=True, occurrence="2026-11-08").success
     accepted_before = len(world.sandbox.solapi.accepted)
-    assert accepted_before >= 100  # the first batch, and the next one if it was already in flight
+    assert accepted_before >= batch  # the first batch, and the next one if it was already in flight
     assert all(r["status"] == "pending" for r in world.ledger("review_request", "2026-11-08") if r["status"] != "ready")
     resumed = world.run("review_request", live=True, occurrence="2026-11-08")
     assert resumed.success, resumed.error
     assert resumed.metadata["deliveries"]["reconciled"] == accepted_before
     _assert_each_usable_recipient_got_exactly_one(world, "review_request", "2026-11-08")
+    writer.assert_ran(*STAGE_JOBS)  # the resumed run's batches are settled by the writer process
 
 
-def test_connection_dropped_after_solapi_accepted(world: CampaignWorld) -> None:
-    _set_batch_size(world, 100)
+def test_connection_dropped_after_solapi_accepted(world: CampaignWorld, writer: Writer) -> None:
+    batch = writer.batch_size(world, 100)
     world.sandbox.solapi.inject("drop_after_accept", times=1)
     outcome = world.run("review_request", live=True, occurrence="2026-11-06")
     assert outcome.success, outcome.error
-    assert outcome.metadata["deliveries"]["reconciled"] == 100
+    assert outcome.metadata["deliveries"]["reconciled"] == batch
     _assert_each_usable_recipient_got_exactly_one(world, "review_request", "2026-11-06")
+    writer.assert_ran(*STAGE_JOBS)
 
 
 def test_server_errors_are_retried_with_a_fresh_signature(world: CampaignWorld) -> None:
@@ -191,23 +299,25 @@ def _set_batch_size(world: CampaignWorld, size: int) -> None:
 
 @pytest.mark.mariadb
 @pytest.mark.postgres
-def test_on_mariadb_and_postgresql(tmp_path, monkeypatch, mariadb_url, postgres_url) -> None:  # type: ignore[no-untyped-def]
+def test_on_mariadb_and_postgresql(tmp_path, monkeypatch, mariadb_url, postgres_url, writer) -> None:  # type: ignore[no-untyped-def]
     """The same guarantees with the business DB on MariaDB and the state store on PostgreSQL."""
     for world in make_world(tmp_path, monkeypatch, postgres_url(), mariadb_url()):
-        _set_batch_size(world, 100)
+        writer.batch_size(world, 100)
         world.sandbox.solapi.inject("drop_after_accept", times=1)
         outcome = world.run("review_request", live=True, occurrence="2026-11-12")
         assert outcome.success, outcome.error
         _assert_each_usable_recipient_got_exactly_one(world, "review_request", "2026-11-12")
         again = world.run("review_request", live=True, occurrence="2026-11-12")
         assert again.success and again.metadata["deliveries"]["sent"] == 0
+    writer.assert_ran(*STAGE_JOBS)
 
 
 @pytest.mark.mariadb
-def test_with_the_state_store_on_mariadb(tmp_path, monkeypatch, mariadb_url) -> None:  # type: ignore[no-untyped-def]
+def test_with_the_state_store_on_mariadb(tmp_path, monkeypatch, mariadb_url, writer) -> None:  # type: ignore[no-untyped-def]
     """The ledger's bulk statements (duplicate marking, joined updates) on MySQL's dialect."""
     (tmp_path / "db").mkdir()
     for world in make_world(tmp_path, monkeypatch, mariadb_url(), f"sqlite:///{tmp_path}/db/business.db"):
+        writer.batch_size(world)
         world.sandbox.solapi.inject("drop_after_accept", times=1)
         outcome = world.run("review_request", live=True, occurrence="2026-11-12")
         assert outcome.success, outcome.error
@@ -215,3 +325,54 @@ def test_with_the_state_store_on_mariadb(tmp_path, monkeypatch, mariadb_url) -> 
         assert outcome.metadata["audience"]["status/duplicate_phone"] > 0
         again = world.run("review_request", live=True, occurrence="2026-11-12")
         assert again.success and again.metadata["deliveries"]["sent"] == 0
+    writer.assert_ran(*STAGE_JOBS)
+
+
+# -- budgets while the writer process lags behind the sends --------------------------------------
+
+ATA = Decimal("7.5")  # the example settings' Alimtalk price
+_settle_groups = deliveries_module.settle_groups
+
+
+def late_settle_groups(*args: Any) -> None:
+    """settle_groups a little late (a writer job: the writer process imports it from here)."""
+    time.sleep(0.25)
+    _settle_groups(*args)
+
+
+@pytest.mark.parametrize("budget, monthly, expected", [
+    ("{maxCost: 300}", None, 40),   # the occurrence's own budget: 40 Alimtalk messages
+    (None, ATA * 50, 50),           # the month's messaging budget: 50
+], ids=["occurrence-max-cost", "monthly-cost"])
+def test_cost_budgets_hold_while_the_writer_process_settles_behind_the_sends(
+        world: CampaignWorld, monkeypatch: pytest.MonkeyPatch, budget: str | None, monthly: Decimal | None,
+        expected: int) -> None:
+    """A batch's cost is in the ledger only once it is settled; when the writer process settles
+    it, the stage has sent (and claimed) more batches meanwhile. The budget must still stop at
+    its limit (test_budgets.py checks the same with the writes inline)."""
+    child = _writer(monkeypatch, True)
+    monkeypatch.setattr(writer_module, "PROCESS_WRITER_ROWS", 10)  # 40-50 messages: most settled by the child
+    monkeypatch.setattr(deliveries_module, "settle_groups", late_settle_groups)
+    settings = world.root / "configs" / "campaignflow.yaml"
+    if monthly is not None:
+        settings.write_text(settings.read_text(encoding="utf-8").replace("monthlyCost: 500000", f"monthlyCost: {monthly}"),
+                            encoding="utf-8")
+    campaign = world.root / "configs" / "campaigns" / "review_request.yaml"
+    text = campaign.read_text(encoding="utf-8").replace("  frequencyCap: {max: 1, window: 7d}\n",
+                                                        f"  budget: {budget}\n" if budget else "")
+    campaign.write_text(text.replace("  mode: simulate", "  mode: simulate\n  batchSize: 10"), encoding="utf-8")
+    assert not world.project().errors, world.project().errors
+
+    outcome = world.run("review_request", live=True, occurrence="2026-11-24")
+    assert outcome.success, outcome.error
+    child.assert_ran("late_settle_groups")
+    fates = Counter(r["reason"] if r["status"] == "blocked" else r["status"]
+                    for r in world.ledger("review_request", "2026-11-24"))
+    assert len(world.sandbox.solapi.accepted) == fates["sent"] == expected, fates
+    assert fates["budget"] == sum(fates.values()) - expected > 0
+    engine = sa.create_engine(world.state_url)
+    try:
+        with engine.connect() as conn:
+            assert spent(conn, month_of(utcnow())) == ATA * expected
+    finally:
+        engine.dispose()

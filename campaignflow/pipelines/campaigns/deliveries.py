@@ -14,13 +14,11 @@ Rows that policy stops (frequency cap, budgets) become `blocked` with the reason
 
 from __future__ import annotations
 
-import uuid
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from functools import lru_cache
 from typing import Any, NamedTuple, Protocol, Sequence
 
 import sqlalchemy as sa
@@ -32,9 +30,10 @@ from ...resources.solapi import (
 )
 from ...scheduling import in_quiet_hours, parse_clock, zone
 from ...state import tables as t
-from ...state.spend import COUNTED_AS_SENT, SpendChange, month_of, spent
+from ...state.spend import SpendChange
 from ...state.store import ONE_OFF, StateStore, ids_in, utcnow
-from ...state.writer import StageWriter
+from ...state.writer import Pending, StageWriter
+from .claims import ID, TYPE, Claim, ClaimPlan, claim_batch, decimal_of, in_batch, release_batch
 from .context import RunContext
 
 # How far before the claim time to look for a reconciled message (clock skew with SOLAPI).
@@ -73,12 +72,7 @@ def _scope(ctx: RunContext) -> Any:
 
 
 def _price(ctx: RunContext, message_type: str | None) -> Decimal:
-    return _decimal(ctx.settings.solapi.prices.get(message_type or "", 0))
-
-
-@lru_cache(maxsize=64)
-def _decimal(value: float | int | str) -> Decimal:
-    return Decimal(str(value))
+    return decimal_of(ctx.settings.solapi.prices.get(message_type or "", 0))
 
 
 # -- simulate ----------------------------------------------------------------------------
@@ -207,139 +201,17 @@ def _check_quiet_hours(ctx: RunContext, now: datetime) -> None:
                               f"nothing was sent — run it after {end:%H:%M}")
 
 
-def _apply_frequency_cap(ctx: RunContext, conn: sa.Connection, rows: Sequence[Any], now: datetime) -> set[int]:
-    """Ids of rows whose phone already got `max` messages within the window."""
-    policy = ctx.campaign.policy
-    if not policy.cap_max or not policy.cap_window:
-        return set()
-    d = t.deliveries
-    phones = list({r[_PHONE] for r in rows})
-    query = (sa.select(d.c.phone, sa.func.count()).where(
-        d.c.phone.in_(phones), d.c.status.in_(COUNTED_AS_SENT), d.c.sent_at >= now - policy.cap_window,
-        d.c.occurrence != ctx.occurrence.key).group_by(d.c.phone))
-    if policy.cap_scope == "campaign":
-        query = query.where(d.c.campaign == ctx.campaign.name)
-    counts = dict(conn.execute(query).all())
-    return {r[_ID] for r in rows if counts.get(r[_PHONE], 0) >= policy.cap_max}
-
-
-def _budget_left(ctx: RunContext, conn: sa.Connection, reserved: Decimal) -> tuple[int | None, Decimal | None]:
-    """Messages and cost the policy still allows. Pending rows count as messages, but carry no
-    cost until SOLAPI answers: `reserved` is the cost of this run's batches still in flight."""
-    policy = ctx.campaign.policy
-    d = t.deliveries
-    count_left: int | None = None
-    cost_left: Decimal | None = None
-    if policy.max_messages is not None or policy.max_cost is not None:  # the sums cost a scan: only when asked
-        used_count, used_cost = conn.execute(sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(d.c.cost), 0))
-                                             .where(_scope(ctx), d.c.status.in_(COUNTED_AS_SENT))).one()
-        if policy.max_messages is not None:
-            count_left = max(0, policy.max_messages - int(used_count))
-        if policy.max_cost is not None:
-            cost_left = max(Decimal(0), Decimal(str(policy.max_cost)) - Decimal(str(used_cost)) - reserved)
-    monthly = (ctx.settings.budgets.get("messaging") or {}).get("monthlyCost")
-    if monthly is not None:
-        monthly_left = max(Decimal(0), Decimal(str(monthly)) - spent(conn, month_of(utcnow())) - reserved)
-        cost_left = monthly_left if cost_left is None else min(cost_left, monthly_left)
-    return count_left, cost_left
-
-
-def _block(conn: sa.Connection, ids: list[int], reason: str, summary: DeliverySummary) -> None:
-    if not ids:
-        return
-    d = t.deliveries
-    conn.execute(sa.update(d).where(_ids_in(ids), d.c.status == "ready")
-                 .values(status="blocked", reason=reason, updated_at=utcnow()), execution_options=ONE_OFF)
-    summary.blocked += len(ids)
-    summary.failures[reason] = summary.failures.get(reason, 0) + len(ids)
-
-
-# -- send --------------------------------------------------------------------------------
-# What a claim reads of each ledger row, as plain tuples in this order.
-_CLAIMED = (t.deliveries.c.id, t.deliveries.c.phone, t.deliveries.c.message_type, t.deliveries.c.text,
-            t.deliveries.c.subject, t.deliveries.c.kakao)
-_ID, _PHONE, _TYPE = 0, 1, 2
-
-
-@dataclass
-class _Claim:
-    batch_id: str
-    rows: Sequence[Any]  # claimed (pending) rows, id order: (id, phone, message_type, text, subject, kakao)
-    last_id: int | None  # the highest id looked at (claimed or blocked): where the next claim starts
-    cost: Decimal = Decimal(0)  # what the claimed rows cost if SOLAPI accepts them all
-
-
 def _ids_in(ids: Any) -> Any:
     return ids_in(t.deliveries.c.id, ids)
 
 
-def _in_batch(ctx: RunContext, batch_id: str, rows: Sequence[Any]) -> Any:
-    """A claimed batch's rows: an id range of the occurrence (indexed) with the batch's id."""
-    d = t.deliveries
-    return sa.and_(_scope(ctx), d.c.id.between(rows[0][_ID], rows[-1][_ID]), d.c.batch_id == batch_id)
+def _plan(ctx: RunContext) -> ClaimPlan:
+    monthly = (ctx.settings.budgets.get("messaging") or {}).get("monthlyCost")
+    return ClaimPlan(ctx.campaign.name, ctx.occurrence.key, ctx.campaign.batch_size or ctx.settings.solapi.batch_size,
+                     ctx.campaign.policy, dict(ctx.settings.solapi.prices), monthly)
 
 
-def _cost(ctx: RunContext, rows: Sequence[Any]) -> Decimal:
-    counts: dict[str | None, int] = {}
-    for row in rows:
-        counts[row[_TYPE]] = counts.get(row[_TYPE], 0) + 1
-    return sum((_price(ctx, kind) * n for kind, n in counts.items()), Decimal(0))
-
-
-def _claim(ctx: RunContext, batch_size: int, summary: DeliverySummary, after: int,
-           reserved: Decimal = Decimal(0)) -> _Claim:
-    """Move the next `ready` rows (ids above `after`) to `pending` under a new batch id, policy
-    first (`reserved`: the cost of this run's batches still in flight)."""
-    d = t.deliveries
-    batch_id = uuid.uuid4().hex
-    now = utcnow()
-    with ctx.store.write() as conn:
-        rows = ctx.store.plain_rows(conn, sa.select(*_CLAIMED).where(_scope(ctx), d.c.id > after, d.c.status == "ready")
-                                    .order_by(d.c.id).limit(batch_size))
-        if not rows:
-            return _Claim(batch_id, [], None)
-        last_id = int(rows[-1][_ID])
-        capped = _apply_frequency_cap(ctx, conn, rows, now)
-        _block(conn, sorted(capped), "frequency_cap", summary)
-        if capped:
-            rows = [r for r in rows if r[_ID] not in capped]
-        count_left, cost_left = _budget_left(ctx, conn, reserved)
-        if count_left is None and cost_left is None:
-            allowed, spend = rows, _cost(ctx, rows)
-        else:
-            allowed, spend, over = [], Decimal(0), []
-            for row in rows:
-                price = _price(ctx, row[_TYPE])
-                if (count_left is not None and len(allowed) >= count_left) or (cost_left is not None and spend + price > cost_left):
-                    over.append(row[_ID])
-                    continue
-                allowed.append(row)
-                spend += price
-            _block(conn, over, "budget", summary)
-        if allowed:
-            # The `status == ready` guard makes two concurrent runs claim disjoint rows. Without
-            # policy blocks the batch is every ready row of its id range: claim the range.
-            whole = len(allowed) == len(rows)
-            which = d.c.id.between(allowed[0][_ID], allowed[-1][_ID]) if whole else _ids_in(r[_ID] for r in allowed)
-            moved = conn.execute(sa.update(d).where(_scope(ctx), which, d.c.status == "ready")
-                                 .values(status="pending", batch_id=batch_id, claimed_at=now, updated_at=now,
-                                         attempts=d.c.attempts + 1), execution_options={} if whole else ONE_OFF).rowcount
-            # SQLite: this transaction holds the write lock from its first statement, so the rows
-            # read above are exactly the rows moved. Elsewhere another run may have claimed some
-            # (or released others into the range) in between: look at what this batch holds.
-            if ctx.store.dialect != "sqlite" or moved != len(allowed):
-                claimed = {r[0] for r in conn.execute(sa.select(d.c.id).where(_in_batch(ctx, batch_id, allowed),
-                                                                                d.c.status == "pending"))}
-                extra = claimed - {r[_ID] for r in allowed}  # became ready meanwhile (another run released it)
-                if extra:
-                    conn.execute(sa.update(d).where(_ids_in(extra)).values(status="ready", batch_id=None),
-                                 execution_options=ONE_OFF)
-                if len(claimed) - len(extra) < len(allowed):  # another run claimed some first
-                    allowed = [r for r in allowed if r[_ID] in claimed]
-                    spend = _cost(ctx, allowed)
-    return _Claim(batch_id, allowed, last_id, spend)
-
-
+# -- send --------------------------------------------------------------------------------
 def _solapi_messages(ctx: RunContext, rows: Sequence[Any]) -> list[dict[str, Any]]:
     """The send-many messages of claimed rows, each carrying its ledger id."""
     sender = ctx.settings.solapi.sender
@@ -358,7 +230,7 @@ def _solapi_messages(ctx: RunContext, rows: Sequence[Any]) -> list[dict[str, Any
 def _record(ctx: RunContext, rows: Sequence[Any], result: SendManyResult, summary: DeliverySummary,
             writer: StageWriter) -> int:
     """Hand SOLAPI's answer to the writer for the ledger; returns the number of permanent failures."""
-    types = {str(row[_ID]): row[_TYPE] for row in rows}
+    types = {str(row[ID]): row[TYPE] for row in rows}
     groups: dict[tuple[str, str, str | None], list[tuple[str | None, int]]] = {}
     for ledger_id, message_id, status_code, status_message in result.ledger_outcomes():
         message_type = types.pop(ledger_id, _NOT_OURS)
@@ -385,19 +257,12 @@ def _record(ctx: RunContext, rows: Sequence[Any], result: SendManyResult, summar
 _NOT_OURS: Any = object()
 
 
-def _release(ctx: RunContext, flight: _Flight) -> None:
-    """SOLAPI answered with an error for the whole request: nothing was accepted, rows are sendable."""
-    d = t.deliveries
-    with ctx.store.write() as conn:
-        conn.execute(sa.update(d).where(_in_batch(ctx, flight.batch_id, flight.rows), d.c.status == "pending")
-                     .values(status="ready", batch_id=None, updated_at=utcnow()))
-
-
-def _fail_batch(ctx: RunContext, flight: _Flight, error: SolapiRequestError, summary: DeliverySummary) -> None:
+def _fail_batch(ctx: RunContext, plan: ClaimPlan, flight: _Flight, error: SolapiRequestError,
+                summary: DeliverySummary) -> None:
     """A permanent request error (bad sender, bad key): record it on every row of the batch."""
     d = t.deliveries
     with ctx.store.write() as conn:
-        n = conn.execute(sa.update(d).where(_in_batch(ctx, flight.batch_id, flight.rows), d.c.status == "pending").values(
+        n = conn.execute(sa.update(d).where(in_batch(plan, flight.batch_id, flight.rows), d.c.status == "pending").values(
             status="failed", reason=error.error_code[:64] or str(error.status), status_code=str(error.status),
             status_message=error.error_message[:500], cost=Decimal(0), updated_at=utcnow())).rowcount
     summary.failed += n
@@ -449,33 +314,33 @@ def deliver(ctx: RunContext, sender: Sender | None, *, live: bool, force_resend:
     if force_resend:
         _force_resend(ctx, summary)
     _check_quiet_hours(ctx, utcnow())
-    batch_size = ctx.campaign.batch_size or ctx.settings.solapi.batch_size
+    plan = _plan(ctx)
     progress = _Progress(ctx, _total_ready(ctx))
     flights: deque[_Flight] = deque()
-    exhausted = False
-    cursor = 0  # claims walk the ledger in id order; back to the start when rows may have become ready again
-    # Many batches: a second process settles one while this one claims and sends the next.
-    with StageWriter(ctx.store) as writer, \
+
+    def in_flight_cost() -> Decimal:
+        return sum((f.cost for f in flights), Decimal(0))
+
+    # Many batches: a second process claims the next batch and settles the last while this one
+    # encodes, sends and reads SOLAPI's answers.
+    with StageWriter(ctx.store, expected_rows=progress.total) as writer, \
             ThreadPoolExecutor(max_workers=max(1, in_flight), thread_name_prefix="solapi") as pool:
+        claims = _Claims(ctx, plan, writer, summary)
+
         def land(flight: _Flight) -> bool:
-            return _land(ctx, flight, summary, progress, writer)
+            return _land(ctx, plan, flight, summary, progress, writer)
 
         try:
             while True:
-                while not exhausted and len(flights) < max(1, in_flight):
-                    claim = _claim(ctx, batch_size, summary, after=cursor,
-                                   reserved=sum((f.cost for f in flights), Decimal(0)))
-                    if claim.last_id is not None:
-                        cursor = claim.last_id
-                    if claim.rows:
-                        summary.batches += 1
-                        messages = _solapi_messages(ctx, claim.rows)
-                        flights.append(_Flight(claim.batch_id, claim.rows, pool.submit(sender.send_many, messages),
-                                               claim.cost))
-                    elif claim.last_id is None:
-                        # nothing ready past the cursor; rows behind it are only ready again after a reconcile
-                        exhausted = cursor == 0 or _total_ready(ctx) == 0
-                        cursor = 0
+                while len(flights) < max(1, in_flight):
+                    claim = claims.next(reserved=in_flight_cost())
+                    if claim is None:
+                        break
+                    summary.batches += 1
+                    messages = _solapi_messages(ctx, claim.rows)
+                    flights.append(_Flight(claim.batch_id, claim.rows, pool.submit(sender.send_many, messages),
+                                           claim.cost))
+                    claims.ask_ahead(reserved=in_flight_cost())
                 if not flights:
                     break
                 if land(flights.popleft()):
@@ -483,18 +348,74 @@ def deliver(ctx: RunContext, sender: Sender | None, *, live: bool, force_resend:
                     # their outcomes still unwritten) would mistake them for "never sent": land them all.
                     while flights:
                         land(flights.popleft())
+                    claims.give_back_ahead()
                     writer.wait()
                     reconcile_pending(ctx, sender, summary)
-                    cursor = 0
-                    exhausted = False
+                    claims.restart()
         except DeliveryStopped:
             while flights:  # what SOLAPI already accepted must reach the ledger before the run stops
                 try:
                     land(flights.popleft())
                 except DeliveryStopped:
                     pass
+            claims.give_back_ahead()
             raise
     return summary
+
+
+class _Claims:
+    """The stage's claims in id order, each asked of the writer one batch ahead of its send.
+
+    Claims walk the ledger in id order from a cursor; when nothing is ready past it, they start
+    over from the beginning while rows are ready behind it (a reconcile put them back).
+    """
+
+    def __init__(self, ctx: RunContext, plan: ClaimPlan, writer: StageWriter, summary: DeliverySummary) -> None:
+        self.ctx, self.plan, self.writer, self.summary = ctx, plan, writer, summary
+        self.cursor = 0
+        self.exhausted = False
+        self._ahead: Pending | None = None
+
+    def ask_ahead(self, reserved: Decimal) -> None:
+        """Have the writer claim the next batch now (`reserved`: the cost of what is in flight)."""
+        if self._ahead is None and not self.exhausted:
+            self._ahead = self._ask(reserved)
+
+    def next(self, reserved: Decimal) -> Claim | None:
+        """The next claimed batch with rows, or None when nothing is left to claim."""
+        while not self.exhausted:
+            pending, self._ahead = self._ahead, None
+            claim = self._taken((pending or self._ask(reserved)).result())
+            if claim.rows:
+                return claim
+            if claim.last_id is None:
+                # nothing ready past the cursor; rows behind it are only ready again after a reconcile
+                self.exhausted = self.cursor == 0 or _total_ready(self.ctx) == 0
+                self.cursor = 0
+        return None
+
+    def give_back_ahead(self) -> None:
+        """A batch claimed ahead goes back to `ready`: it was never sent."""
+        pending, self._ahead = self._ahead, None
+        if pending is not None:
+            claim = self._taken(pending.result())
+            if claim.rows:
+                self.writer.submit(release_batch, self.plan, claim.batch_id, claim.rows, rows=len(claim.rows))
+
+    def restart(self) -> None:
+        self.cursor, self.exhausted = 0, False
+
+    def _ask(self, reserved: Decimal) -> Pending:
+        # rows=0: how much a claim writes is known once it has run; the settles count the rows
+        return self.writer.call(claim_batch, self.plan, self.cursor, reserved, rows=0, durable=True)
+
+    def _taken(self, claim: Claim) -> Claim:
+        if claim.last_id is not None:
+            self.cursor = claim.last_id
+        for reason, count in claim.blocked.items():
+            self.summary.blocked += count
+            self.summary.failures[reason] = self.summary.failures.get(reason, 0) + count
+        return claim
 
 
 @dataclass
@@ -508,7 +429,8 @@ class _Progress:
         self.ctx.progress("deliveries", self.done, self.total)
 
 
-def _land(ctx: RunContext, flight: _Flight, summary: DeliverySummary, progress: _Progress, writer: StageWriter) -> bool:
+def _land(ctx: RunContext, plan: ClaimPlan, flight: _Flight, summary: DeliverySummary, progress: _Progress,
+          writer: StageWriter) -> bool:
     """Record one batch's answer; returns True when its outcome (or part of it) is unknown."""
     rows = flight.rows
     try:
@@ -519,10 +441,11 @@ def _land(ctx: RunContext, flight: _Flight, summary: DeliverySummary, progress: 
         progress.advance(len(rows))
         return True
     except SolapiRetryExhausted as exc:
-        _release(ctx, flight)
+        writer.submit(release_batch, plan, flight.batch_id, flight.rows, rows=len(rows))
         raise DeliveryStopped(f"SOLAPI kept failing ({exc}); {len(rows)} messages stay queued for the next run") from exc
     except SolapiRequestError as exc:
-        _fail_batch(ctx, flight, exc, summary)
+        writer.wait()
+        _fail_batch(ctx, plan, flight, exc, summary)
         raise DeliveryStopped(f"SOLAPI refused the request: {exc.error_code} {exc.error_message}") from exc
     failed = _record(ctx, rows, result, summary, writer)
     progress.advance(len(rows))
@@ -530,14 +453,14 @@ def _land(ctx: RunContext, flight: _Flight, summary: DeliverySummary, progress: 
     if failed / len(rows) > ctx.campaign.max_failure_rate:
         raise DeliveryStopped(f"{failed} of {len(rows)} messages in one batch failed permanently (more than "
                               f"{ctx.campaign.max_failure_rate:.0%}); stopping so the cause can be looked at — "
-                              f"the rest stay queued. Example failure: {_example_failure(ctx, flight, writer)}")
+                              f"the rest stay queued. Example failure: {_example_failure(ctx, plan, flight, writer)}")
     return bool(result.unmatched_ledger_ids)
 
 
-def _example_failure(ctx: RunContext, flight: _Flight, writer: StageWriter) -> str:
+def _example_failure(ctx: RunContext, plan: ClaimPlan, flight: _Flight, writer: StageWriter) -> str:
     writer.wait()  # the batch's outcomes are in the ledger
     d = t.deliveries
     with ctx.store.engine.connect() as conn:
         row = conn.execute(sa.select(d.c.phone, d.c.status_code, d.c.status_message)
-                           .where(_in_batch(ctx, flight.batch_id, flight.rows), d.c.status == "failed").limit(1)).first()
+                           .where(in_batch(plan, flight.batch_id, flight.rows), d.c.status == "failed").limit(1)).first()
     return f"{mask_phone(row[0])}: {row[1]} {row[2]}" if row else "n/a"

@@ -8,9 +8,10 @@ never touched.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import sqlalchemy as sa
 
@@ -18,6 +19,7 @@ from ... import jsoncodec, templating, textlimits
 from ...config.models import Campaign, Lookup, Message, Variable
 from ...state import tables as t
 from ...state.store import StateStore, utcnow
+from ...state import writer as state_writer
 from ...state.writer import StageWriter
 from .audience import iter_members, require_complete_audience
 from .context import RunContext
@@ -258,10 +260,8 @@ def render_messages(ctx: RunContext, chunk_size: int = 5000) -> MessagesSummary:
     scope = (campaign.name, ctx.occurrence.key)
     pending: list[tuple[Any, ...]] = []
     # A large audience is written by a second process while this one renders the next rows.
-    with StageWriter(ctx.store) as writer:
-        for members in iter_members(ctx, chunk_size):
-            rows = [jsoncodec.loads(data) for _, _, _, data in members]
-            looked_up = lookup_values(campaign, ctx.business, rows, params, cache)
+    with StageWriter(ctx.store, expected_rows=_usable_at_least(ctx, state_writer.PROCESS_WRITER_ROWS)) as writer:
+        for members, rows, looked_up in _with_lookups(ctx, iter_members(ctx, chunk_size), params, cache):
             for (_, key, phone, _), row in zip(members, rows):
                 try:
                     msg = builder.build(row, looked_up)
@@ -282,6 +282,39 @@ def render_messages(ctx: RunContext, chunk_size: int = 5000) -> MessagesSummary:
             writer.submit(write_ledger_rows, scope, pending, fresh, rows=len(pending))
     ctx.log.info(f"messages of {campaign.name} [{ctx.occurrence.key}]: {rendered} rendered, {failed} not renderable")
     return MessagesSummary(rendered, failed, by_type, failures)
+
+
+def _with_lookups(ctx: RunContext, chunks: Iterator[Sequence[tuple[int, str, str | None, str]]], params: dict[str, Any],
+                  cache: LookupCache) -> Iterator[tuple[Sequence[tuple[int, str, str | None, str]], list[dict[str, Any]],
+                                                       dict[str, dict[Any, dict[str, Any]]]]]:
+    """Each chunk of members with its rows' values and lookups, the lookups of a chunk asked of
+    the business database (by a thread) while the chunk before it renders: a lookup is mostly
+    waiting for MySQL, 1.5 s of the messages stage at a million recipients. Only that thread
+    touches `cache`."""
+    campaign = ctx.campaign
+    if not campaign.audience.lookups:
+        for members in chunks:
+            yield members, [jsoncodec.loads(data) for _, _, _, data in members], {}
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookups") as pool:
+        ahead = None
+        for members in chunks:
+            rows = [jsoncodec.loads(data) for _, _, _, data in members]
+            asked = pool.submit(lookup_values, campaign, ctx.business, rows, params, cache)
+            if ahead is not None:
+                yield ahead[0], ahead[1], ahead[2].result()
+            ahead = (members, rows, asked)
+        if ahead is not None:
+            yield ahead[0], ahead[1], ahead[2].result()
+
+
+def _usable_at_least(ctx: RunContext, limit: int) -> int:
+    """How many audience members are usable, counting no further than `limit`."""
+    m = t.audience_members
+    usable = (sa.select(m.c.id).where(m.c.campaign == ctx.campaign.name, m.c.occurrence == ctx.occurrence.key,
+                                     m.c.status == "ok").limit(limit).subquery())
+    with ctx.store.engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(usable)).scalar_one())
 
 
 def _has_ledger_rows(ctx: RunContext) -> bool:
