@@ -44,6 +44,9 @@ Job = Callable[..., Any]
 #: importing SQLAlchemy) takes about 0.3 s of the other core, about the time 20,000 ledger rows
 #: take to write; it is started at half this, so that it is ready when the work gets there.
 PROCESS_WRITER_ROWS = 20_000
+#: Pickled jobs that may wait for the child beyond the one it works on (back-pressure: a stage
+#: far ahead of the database waits at its next submit). A ledger job of 50,000 rows is ~7 MB.
+JOBS_QUEUED = 3
 
 
 class BackgroundWriteError(RuntimeError):
@@ -172,6 +175,13 @@ class ProcessWriter:
         self._jobs = Connection(jobs_write, readable=False)
         self._acks = Connection(acks_read, writable=False)
         self._jobs.send(store.url_with_secrets)
+        # Jobs leave through a thread, a few pickled jobs queued: sending a job of megabytes
+        # through a pipe takes as long as the child needs to finish the job before it, and the
+        # stage would wait that long at every submit (the child then waiting for the next).
+        self._outbox: queue.Queue[bytes | None] = queue.Queue(maxsize=JOBS_QUEUED)
+        self._send_error: BaseException | None = None
+        self._sender = threading.Thread(target=self._send_jobs, name="writer-jobs", daemon=True)
+        self._sender.start()
         store.lock_writes_across_processes(True)
         self._waiting: deque[Pending | None] = deque()  # per job sent, in order: who wants its answer
         self._sent = 0
@@ -188,14 +198,26 @@ class ProcessWriter:
     def _send(self, job: Job, args: tuple[Any, ...], durable: bool, pending: Pending | None) -> None:
         self._collect(block=False)
         self._raise()
-        try:
-            self._jobs.send((job, args, durable))
-        except (BrokenPipeError, OSError):
+        if self._send_error is not None:
             self._collect(block=True)
             self._error = self._error or f"the writer process ended (exit code {self._exit_code()}) before this job"
             self._raise()
+        self._outbox.put(ForkingPickler.dumps((job, args, durable)))
         self._waiting.append(pending)
         self._sent += 1
+
+    def _send_jobs(self) -> None:
+        while (data := self._outbox.get()) is not None:
+            if self._send_error is not None:
+                continue  # the child is gone: drop the rest (their answers report it)
+            try:
+                self._jobs.send_bytes(data)
+            except (BrokenPipeError, OSError) as error:
+                self._send_error = error
+        try:
+            self._jobs.send(None)  # stop
+        except (BrokenPipeError, OSError):
+            pass
 
     def collect_until(self, pending: Pending) -> None:
         """Read answers until `pending`'s has come (or the child is gone)."""
@@ -216,10 +238,8 @@ class ProcessWriter:
         finally:
             if not self._sent:  # still starting up, perhaps: nothing to wait for
                 self._process.kill()
-            try:
-                self._jobs.send(None)
-            except (BrokenPipeError, OSError):
-                pass
+            self._outbox.put(None)
+            self._sender.join()
             self._jobs.close()
             # The answers pipe ends when the child does: no polling loop (Popen.wait with a timeout sleeps).
             if not self._acks.poll(30):
@@ -236,7 +256,7 @@ class ProcessWriter:
         pending = self._waiting.popleft()
         try:
             ok, value = self._acks.recv()
-        except (EOFError, OSError):
+        except (EOFError, OSError, ValueError):  # ValueError: the answer cut short
             code = self._exit_code()
             self._error = self._error or (f"the writer process ended (exit code {code}) "
                                           f"with {len(self._waiting) + 1} job(s) not done")

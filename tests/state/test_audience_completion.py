@@ -304,3 +304,20 @@ def test_an_audience_stage_that_fails_midway_leaves_no_complete_snapshot(
     assert _stored_audience_rows(world) is None
     assert len(world.audience("review_request", DAY)) == 80 < complete
     _assert_refused(_run_stages(world, "messages"), world)
+
+
+def test_deliveries_refuse_while_the_audience_is_incomplete(world: CampaignWorld) -> None:
+    """Rendered rows of a snapshot that is being rewritten (or was abandoned midway) stay unsent."""
+    assert _run_stages(world, "audience", "messages").success
+    ready = world.ledger("review_request", DAY)
+    assert ready and {r["status"] for r in ready} == {"ready"}
+    _forget_completion(world)  # as while a re-run of the audience stage is writing its snapshot
+    refused = _run_stages(world, "deliveries")
+    assert not refused.success
+    cls_name, message = _failure(refused)
+    assert cls_name == "Failure" and "has no complete audience" in message and "nothing was sent" in message
+    assert {r["status"] for r in world.ledger("review_request", DAY)} == {"ready"}
+    assert world.sandbox.solapi.accepted == []
+    assert _run_stages(world, "audience").success  # whole again: deliveries go ahead
+    assert _run_stages(world, "deliveries").success
+    assert {r["status"] for r in world.ledger("review_request", DAY)} == {"simulated"}

@@ -8,10 +8,10 @@ never touched.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import sqlalchemy as sa
 
@@ -245,67 +245,95 @@ LEDGER_COLUMNS = ("recipient_key", "phone", "status", "reason", "status_message"
 WRITE_ROWS = 50_000
 
 
+# A usable audience member as the messages stage renders it: (recipient key, phone, row values).
+Usable = tuple[str, str, dict[str, Any]]
+
+
 def render_messages(ctx: RunContext, chunk_size: int = 5000) -> MessagesSummary:
+    """The messages stage on its own: render the occurrence's (complete) audience snapshot."""
     require_complete_audience(ctx)
-    campaign = ctx.campaign
-    builder = MessageBuilder(campaign, ctx.occurrence.payload, _builtins(ctx, utcnow()))
-    params = ctx.occurrence.sql_parameters(campaign.name)
-    rendered = failed = 0
-    by_type: dict[str, int] = {}
-    failures: dict[str, int] = {}
-    cache = LookupCache()
-    # No ledger row of this occurrence yet (a first run): nothing can need refreshing, so chunks
-    # skip the look at existing rows; a concurrent run's rows still win (the insert skips them).
-    fresh = not _has_ledger_rows(ctx)
-    scope = (campaign.name, ctx.occurrence.key)
-    pending: list[tuple[Any, ...]] = []
     # A large audience is written by a second process while this one renders the next rows.
     with StageWriter(ctx.store, expected_rows=_usable_at_least(ctx, state_writer.PROCESS_WRITER_ROWS)) as writer:
-        for members, rows, looked_up in _with_lookups(ctx, iter_members(ctx, chunk_size), params, cache):
-            for (_, key, phone, _), row in zip(members, rows):
-                try:
-                    msg = builder.build(row, looked_up)
-                except RenderProblem as problem:
-                    pending.append((key, phone, "failed_render", problem.reason, problem.detail, None, None, None, None))
-                    failed += 1
-                    failures[problem.reason] = failures.get(problem.reason, 0) + 1
-                    continue
-                kakao = jsoncodec.dumps(msg.kakao) if msg.kakao else None
-                pending.append((key, phone, "ready", None, None, msg.message_type, msg.text, msg.subject, kakao))
-                rendered += 1
-                by_type[msg.message_type] = by_type.get(msg.message_type, 0) + 1
-            if len(pending) >= WRITE_ROWS:
-                writer.submit(write_ledger_rows, scope, pending, fresh, rows=len(pending))
-                pending = []
-            ctx.progress("messages", rendered + failed, 0)
-        if pending:
-            writer.submit(write_ledger_rows, scope, pending, fresh, rows=len(pending))
-    ctx.log.info(f"messages of {campaign.name} [{ctx.occurrence.key}]: {rendered} rendered, {failed} not renderable")
-    return MessagesSummary(rendered, failed, by_type, failures)
+        renderer = Renderer(ctx, writer)
+        for members in iter_members(ctx, chunk_size):
+            renderer.feed([(key, phone, jsoncodec.loads(data)) for _, key, phone, data in members])
+        renderer.finish()
+    return renderer.summary()
 
 
-def _with_lookups(ctx: RunContext, chunks: Iterator[Sequence[tuple[int, str, str | None, str]]], params: dict[str, Any],
-                  cache: LookupCache) -> Iterator[tuple[Sequence[tuple[int, str, str | None, str]], list[dict[str, Any]],
-                                                       dict[str, dict[Any, dict[str, Any]]]]]:
-    """Each chunk of members with its rows' values and lookups, the lookups of a chunk asked of
-    the business database (by a thread) while the chunk before it renders: a lookup is mostly
-    waiting for MySQL, 1.5 s of the messages stage at a million recipients. Only that thread
-    touches `cache`."""
-    campaign = ctx.campaign
-    if not campaign.audience.lookups:
-        for members in chunks:
-            yield members, [jsoncodec.loads(data) for _, _, _, data in members], {}
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookups") as pool:
-        ahead = None
-        for members in chunks:
-            rows = [jsoncodec.loads(data) for _, _, _, data in members]
-            asked = pool.submit(lookup_values, campaign, ctx.business, rows, params, cache)
-            if ahead is not None:
-                yield ahead[0], ahead[1], ahead[2].result()
-            ahead = (members, rows, asked)
-        if ahead is not None:
-            yield ahead[0], ahead[1], ahead[2].result()
+class Renderer:
+    """Usable members into ledger rows, handed to the stage's writer WRITE_ROWS at a time. Fed
+    chunk by chunk; a chunk renders when the next arrives, its lookups asked of the business
+    database meanwhile (by a thread: a lookup is mostly waiting for MySQL, 1.5 s of the stage at
+    a million recipients; only that thread touches the lookup cache)."""
+
+    def __init__(self, ctx: RunContext, writer: StageWriter) -> None:
+        self.ctx, self.writer = ctx, writer
+        campaign = ctx.campaign
+        self.builder = MessageBuilder(campaign, ctx.occurrence.payload, _builtins(ctx, utcnow()))
+        self.params = ctx.occurrence.sql_parameters(campaign.name)
+        self.scope = (campaign.name, ctx.occurrence.key)
+        # No ledger row of this occurrence yet (a first run): nothing can need refreshing, so
+        # writes skip the look at existing rows; a concurrent run's rows still win (the insert skips them).
+        self.fresh = not _has_ledger_rows(ctx)
+        self.cache = LookupCache()
+        self.rendered = self.failed = 0
+        self.by_type: dict[str, int] = {}
+        self.failures: dict[str, int] = {}
+        self._pending: list[tuple[Any, ...]] = []
+        self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookups") \
+            if campaign.audience.lookups else None
+        self._ahead: tuple[Sequence[Usable], Future[Any] | None] | None = None
+
+    # -- feeding -------------------------------------------------------------------------
+
+    def feed(self, members: Sequence[Usable]) -> None:
+        """A chunk of usable members (the previous chunk renders now)."""
+        asked = None
+        if self._lookups is not None:
+            asked = self._lookups.submit(lookup_values, self.ctx.campaign, self.ctx.business,
+                                         [row for _, _, row in members], self.params, self.cache)
+        if self._ahead is not None:
+            self._render(*self._ahead)
+        self._ahead = (members, asked)
+
+    def finish(self) -> None:
+        """Render what is left and hand it to the writer."""
+        if self._ahead is not None:
+            self._render(*self._ahead)
+            self._ahead = None
+        if self._lookups is not None:
+            self._lookups.shutdown()
+        if self._pending:
+            self.writer.submit(write_ledger_rows, self.scope, self._pending, self.fresh, rows=len(self._pending))
+            self._pending = []
+        self.ctx.log.info(f"messages of {self.scope[0]} [{self.scope[1]}]: {self.rendered} rendered, "
+                          f"{self.failed} not renderable")
+
+    def summary(self) -> MessagesSummary:
+        return MessagesSummary(self.rendered, self.failed, self.by_type, self.failures)
+
+    # -- rendering -----------------------------------------------------------------------
+
+    def _render(self, members: Sequence[Usable], asked: Future[Any] | None) -> None:
+        looked_up = asked.result() if asked is not None else {}
+        pending, build = self._pending, self.builder.build
+        for key, phone, row in members:
+            try:
+                msg = build(row, looked_up)
+            except RenderProblem as problem:
+                pending.append((key, phone, "failed_render", problem.reason, problem.detail, None, None, None, None))
+                self.failed += 1
+                self.failures[problem.reason] = self.failures.get(problem.reason, 0) + 1
+                continue
+            kakao = jsoncodec.dumps(msg.kakao) if msg.kakao else None
+            pending.append((key, phone, "ready", None, None, msg.message_type, msg.text, msg.subject, kakao))
+            self.rendered += 1
+            self.by_type[msg.message_type] = self.by_type.get(msg.message_type, 0) + 1
+        if len(pending) >= WRITE_ROWS:
+            self.writer.submit(write_ledger_rows, self.scope, pending, self.fresh, rows=len(pending))
+            self._pending = []
+        self.ctx.progress("messages", self.rendered + self.failed, 0)
 
 
 def _usable_at_least(ctx: RunContext, limit: int) -> int:

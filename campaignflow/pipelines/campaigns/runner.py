@@ -17,7 +17,7 @@ from ...gctuning import fewer_collections
 from ...project import Project
 from ...scheduling import Partitioning, fires_on
 from ..run_config import CampaignRunConfig
-from .audience import IncompleteAudience, select_audience
+from .audience import IncompleteAudience, require_complete_audience, select_audience
 from .context import Occurrence, RunContext, latest_occurrence
 from .deliveries import DeliveryStopped, deliver
 from .messages import render_messages
@@ -94,6 +94,11 @@ def run_campaign(context: dg.AssetExecutionContext, project: Project, campaign: 
             **{f"type/{k}": v for k, v in rendered.by_type.items()},
             **{f"reason/{k}": v for k, v in rendered.failures.items()}})
     if "deliveries" in stages:
+        try:  # a snapshot being rewritten (or abandoned midway) is not what the ledger was rendered from
+            require_complete_audience(ctx)
+        except IncompleteAudience as incomplete:
+            raise dg.Failure(str(incomplete).replace("nothing was rendered", "nothing was sent"),
+                             allow_retries=False) from incomplete
         live = config.live or campaign.delivery_mode == "live"
         sender = context.resources.solapi.client() if live else None
         try:
