@@ -177,6 +177,10 @@ class _ChildPeaks:
             for children in Path("/proc/self/task").glob("*/children"):
                 for pid in children.read_text().split():
                     try:
+                        # only once it runs the writer: a child that has not executed Python
+                        # afresh yet is a forked copy of this process, and counts its pages
+                        if b"serve_from_argv" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                            continue
                         status = Path(f"/proc/{pid}/status").read_text()
                     except OSError:
                         continue

@@ -32,7 +32,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
-from .store import StateStore
+from .store import SQLITE_BULK_CACHE_KIB, StateStore
 
 __all__ = ["BackgroundWriteError", "Pending", "ProcessWriter", "StageWriter"]
 
@@ -46,7 +46,7 @@ Job = Callable[..., Any]
 PROCESS_WRITER_ROWS = 20_000
 #: Pickled jobs that may wait for the child beyond the one it works on (back-pressure: a stage
 #: far ahead of the database waits at its next submit). A ledger job of 50,000 rows is ~7 MB.
-JOBS_QUEUED = 3
+JOBS_QUEUED = 1
 
 
 class BackgroundWriteError(RuntimeError):
@@ -296,7 +296,7 @@ def _serve(jobs: Connection, acks: Connection) -> None:
     def answer(ok: bool, value: Any) -> None:
         answers.put(ForkingPickler.dumps((ok, value)))
 
-    store = StateStore(jobs.recv())
+    store = StateStore(jobs.recv(), sqlite_cache_kib=SQLITE_BULK_CACHE_KIB)
     store.lock_writes_across_processes(True)
     failed = False
     try:

@@ -35,3 +35,26 @@ def test_frozen_after_loading_collects_garbage_then_freezes_what_is_alive() -> N
         assert all(o is not kept for o in gc.get_objects())  # frozen: out of every generation
     finally:
         gc.unfreeze()
+
+
+def test_release_free_memory_collects_young_cycles() -> None:
+    import gc
+    import weakref
+
+    from campaignflow.gctuning import release_free_memory
+
+    class Node:
+        pass
+
+    a, b = Node(), Node()
+    a.other, b.other = b, a  # a cycle only the collector frees
+    alive = weakref.ref(a)
+    del a, b
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        release_free_memory()
+    finally:
+        if was:
+            gc.enable()
+    assert alive() is None

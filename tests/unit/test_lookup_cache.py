@@ -31,8 +31,9 @@ def test_keys_seen_in_an_earlier_chunk_are_not_queried_again() -> None:
     first = lookup_values(_campaign(), lambda _: db, [{"company_id": 1}, {"company_id": 3}], {}, cache)
     second = lookup_values(_campaign(), lambda _: db, [{"company_id": 1}, {"company_id": 2}, {"company_id": 3}], {}, cache)
     assert db.asked == [["1", "3"], ["2"]]  # 1 (found) and 3 (no row) are remembered
-    assert first["reviews"] == {"1": {"company_id": 1, "n": 3}}
-    assert second["reviews"] == {"1": {"company_id": 1, "n": 3}, "2": {"company_id": 2, "n": 0}}
+    assert first["reviews"]["1"] == {"company_id": 1, "n": 3} and first["reviews"]["3"] is None  # None: no row
+    assert {k: v for k, v in second["reviews"].items() if v} == {"1": {"company_id": 1, "n": 3},
+                                                                 "2": {"company_id": 2, "n": 0}}
 
 
 def test_the_cache_starts_over_past_its_limit() -> None:

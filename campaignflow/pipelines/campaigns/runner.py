@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 import dagster as dg
 
 from ...config.models import Campaign
-from ...gctuning import fewer_collections
+from ...gctuning import fewer_collections, release_free_memory
 from ...project import Project
 from ...scheduling import Partitioning, fires_on
 from ..run_config import CampaignRunConfig
@@ -83,6 +83,7 @@ def run_campaign(context: dg.AssetExecutionContext, project: Project, campaign: 
             **base, "selected": summary.selected, "usable": summary.usable,
             **{f"status/{k}": v for k, v in summary.counts.items()}})
     if "messages" in stages:
+        release_free_memory()
         ctx.record_occurrence()
         try:
             with fewer_collections():
@@ -94,6 +95,7 @@ def run_campaign(context: dg.AssetExecutionContext, project: Project, campaign: 
             **{f"type/{k}": v for k, v in rendered.by_type.items()},
             **{f"reason/{k}": v for k, v in rendered.failures.items()}})
     if "deliveries" in stages:
+        release_free_memory()
         try:  # a snapshot being rewritten (or abandoned midway) is not what the ledger was rendered from
             require_complete_audience(ctx)
         except IncompleteAudience as incomplete:
