@@ -33,7 +33,7 @@ from ...state import tables as t
 from ...state.spend import SpendChange
 from ...state.store import ONE_OFF, StateStore, ids_in, utcnow
 from ...state.writer import Pending, StageWriter
-from .claims import ID, TYPE, Claim, ClaimPlan, claim_batch, decimal_of, in_batch, release_batch
+from .claims import ID, TYPE, Claim, ClaimPlan, claim_batch, in_batch, release_batch
 from .context import RunContext
 
 # How far before the claim time to look for a reconciled message (clock skew with SOLAPI).
@@ -69,10 +69,6 @@ class DeliverySummary:
 def _scope(ctx: RunContext) -> Any:
     d = t.deliveries
     return sa.and_(d.c.campaign == ctx.campaign.name, d.c.occurrence == ctx.occurrence.key)
-
-
-def _price(ctx: RunContext, message_type: str | None) -> Decimal:
-    return decimal_of(ctx.settings.solapi.prices.get(message_type or "", 0))
 
 
 # -- simulate ----------------------------------------------------------------------------
@@ -153,7 +149,7 @@ def settle_groups(store: StateStore, conn: sa.Connection, groups: list[SettleGro
     change.write(store, conn)
 
 
-def reconcile_pending(ctx: RunContext, sender: Sender, summary: DeliverySummary) -> None:
+def reconcile_pending(ctx: RunContext, plan: ClaimPlan, sender: Sender, summary: DeliverySummary) -> None:
     """Settle rows left `pending`: found at SOLAPI -> its status; unknown to SOLAPI -> `ready` again."""
     d = t.deliveries
     with ctx.store.engine.connect() as conn:
@@ -175,7 +171,7 @@ def reconcile_pending(ctx: RunContext, sender: Sender, summary: DeliverySummary)
         since = (min(claimed) - RECONCILE_MARGIN) if claimed else None
         found.update(sender.find_messages_by_custom_field(LEDGER_FIELD, unknown, since=since))
     now = utcnow()
-    settled = [_outcome(row["id"], found[str(row["id"])], _price(ctx, row["message_type"]))
+    settled = [_outcome(row["id"], found[str(row["id"])], plan.price(row["message_type"]))
                for row in pending if str(row["id"]) in found]
     # SOLAPI has no message with these ledger ids: they were never accepted, so sending is safe.
     unsent = [row["id"] for row in pending if str(row["id"]) not in found]
@@ -227,7 +223,7 @@ def _solapi_messages(ctx: RunContext, rows: Sequence[Any]) -> list[dict[str, Any
     return messages
 
 
-def _record(ctx: RunContext, rows: Sequence[Any], result: SendManyResult, summary: DeliverySummary,
+def _record(plan: ClaimPlan, rows: Sequence[Any], result: SendManyResult, summary: DeliverySummary,
             writer: StageWriter) -> int:
     """Hand SOLAPI's answer to the writer for the ledger; returns the number of permanent failures."""
     types = {str(row[ID]): row[TYPE] for row in rows}
@@ -249,7 +245,7 @@ def _record(ctx: RunContext, rows: Sequence[Any], result: SendManyResult, summar
     summary.failed += failed
     summary.sent += sum(len(members) for members in groups.values()) - failed
     # Lost to a crash, the batch is `pending` again and the next run reconciles it with SOLAPI.
-    writer.submit(settle_groups, [(code, text, result.group_id, _price(ctx, kind), members)
+    writer.submit(settle_groups, [(code, text, result.group_id, plan.price(kind), members)
                                   for (code, text, kind), members in groups.items()], rows=len(rows))
     return failed
 
@@ -287,7 +283,7 @@ def _total_ready(ctx: RunContext) -> int:
 
 
 # Requests kept in flight at once: the next batch is claimed and encoded while SOLAPI works on
-# the previous one. Claims stay on the calling thread; HTTP runs in the pool, settling in the writer.
+# the previous one. HTTP runs in the pool; claims and settles go to the stage's writer, in order.
 IN_FLIGHT = 2
 
 
@@ -310,11 +306,11 @@ def deliver(ctx: RunContext, sender: Sender | None, *, live: bool, force_resend:
     assert sender is not None, "live delivery needs a sender"
     if not ctx.settings.solapi.sender:
         raise DeliveryStopped("Settings providers.solapi.sender is not set: SOLAPI needs a registered sender number")
-    reconcile_pending(ctx, sender, summary)
+    plan = _plan(ctx)
+    reconcile_pending(ctx, plan, sender, summary)
     if force_resend:
         _force_resend(ctx, summary)
     _check_quiet_hours(ctx, utcnow())
-    plan = _plan(ctx)
     progress = _Progress(ctx, _total_ready(ctx))
     flights: deque[_Flight] = deque()
 
@@ -350,7 +346,7 @@ def deliver(ctx: RunContext, sender: Sender | None, *, live: bool, force_resend:
                         land(flights.popleft())
                     claims.give_back_ahead()
                     writer.wait()
-                    reconcile_pending(ctx, sender, summary)
+                    reconcile_pending(ctx, plan, sender, summary)
                     claims.restart()
         except DeliveryStopped:
             while flights:  # what SOLAPI already accepted must reach the ledger before the run stops
@@ -447,7 +443,7 @@ def _land(ctx: RunContext, plan: ClaimPlan, flight: _Flight, summary: DeliverySu
         writer.wait()
         _fail_batch(ctx, plan, flight, exc, summary)
         raise DeliveryStopped(f"SOLAPI refused the request: {exc.error_code} {exc.error_message}") from exc
-    failed = _record(ctx, rows, result, summary, writer)
+    failed = _record(plan, rows, result, summary, writer)
     progress.advance(len(rows))
     ctx.log.info(f"batch {flight.batch_id[:8]}: {len(rows) - failed} accepted, {failed} failed (group {result.group_id})")
     if failed / len(rows) > ctx.campaign.max_failure_rate:

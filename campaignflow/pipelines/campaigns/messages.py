@@ -175,7 +175,7 @@ def lookup_values(campaign: Campaign, business: Callable[[str], Any], rows: list
     for lookup in campaign.audience.lookups:
         db = business(campaign.audience.database)
         on = lookup.on
-        wanted = {_key(row[on] if on in row else _get(row, on)) for row in rows}
+        wanted = {_key(_get(row, on)) for row in rows}
         wanted.discard(None)
         table, keys = cache.table_for(lookup.name, wanted) if cache is not None else ({}, sorted(wanted))
         found = db.lookup(lookup.sql, keys, params, match=lookup.match) if keys else {}
