@@ -48,6 +48,9 @@ class RunContext:
     log: logging.Logger | Any
     run_id: str | None = None
     progress: Progress = _no_progress
+    # Ledger rows the messages stage of this run rendered `ready` into an occurrence that had
+    # none: what the deliveries stage would otherwise count (a second per million rows).
+    rendered_fresh: int | None = None
 
     def record_occurrence(self) -> None:
         """Remember the occurrence (payload included) so later stages and re-runs can find it."""

@@ -311,7 +311,8 @@ def deliver(ctx: RunContext, sender: Sender | None, *, live: bool, force_resend:
     if force_resend:
         _force_resend(ctx, summary)
     _check_quiet_hours(ctx, utcnow())
-    progress = _Progress(ctx, _total_ready(ctx))
+    known = ctx.rendered_fresh if not (summary.reconciled or summary.requeued) else None
+    progress = _Progress(ctx, known if known is not None else _total_ready(ctx))
     flights: deque[_Flight] = deque()
 
     def in_flight_cost() -> Decimal:

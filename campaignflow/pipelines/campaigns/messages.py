@@ -255,6 +255,7 @@ def render_messages(ctx: RunContext, chunk_size: int = 5000) -> MessagesSummary:
         for members in iter_members(ctx, chunk_size):
             renderer.feed([(key, phone, jsoncodec.loads(data)) for _, key, phone, data in members])
         renderer.finish()
+    ctx.rendered_fresh = renderer.rendered if renderer.fresh else None
     return renderer.summary()
 
 

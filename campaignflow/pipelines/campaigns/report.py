@@ -56,24 +56,38 @@ class DeliveryReport:
         return meta
 
 
+SENT = ("sent", "delivered", "simulated")  # what has a type and a cost
+NOT_SENT = ("failed", "failed_render", "blocked")  # what has a reason
+CENTS = Decimal("0.01")
+
+
 def build_report(ctx: RunContext) -> DeliveryReport:
+    """One pass over the ledger (grouped by status, type and reason) and one over the audience:
+    at a million recipients each pass is a second, and the report is the end of the run."""
     d, m = t.deliveries, t.audience_members
     name, occ = ctx.campaign.name, ctx.occurrence.key
     with ctx.store.engine.connect() as conn:
-        audience = dict(conn.execute(sa.select(m.c.status, sa.func.count()).where(m.c.campaign == name, m.c.occurrence == occ)
-                                     .group_by(m.c.status)).all())
-        scope = sa.and_(d.c.campaign == name, d.c.occurrence == occ)
-        statuses = dict(conn.execute(sa.select(d.c.status, sa.func.count()).where(scope).group_by(d.c.status)).all())
-        types = dict(conn.execute(sa.select(d.c.message_type, sa.func.count()).where(
-            scope, d.c.status.in_(("sent", "delivered", "simulated"))).group_by(d.c.message_type)).all())
-        cost = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(d.c.cost), 0)).where(
-            scope, d.c.status.in_(("sent", "delivered", "simulated")))).scalar_one()
-        reasons = dict(conn.execute(sa.select(d.c.reason, sa.func.count()).where(
-            scope, d.c.status.in_(("failed", "failed_render", "blocked"))).group_by(d.c.reason)).all())
-        skipped = dict(conn.execute(sa.select(m.c.status, sa.func.count()).where(
-            m.c.campaign == name, m.c.occurrence == occ, m.c.status != "ok").group_by(m.c.status)).all())
-    reasons_all = {str(k or "unknown"): int(v) for k, v in reasons.items()}
-    reasons_all.update({str(k): int(v) for k, v in skipped.items()})
-    return DeliveryReport(name, occ, {str(k): int(v) for k, v in audience.items()},
-                          {s: int(statuses.get(s, 0)) for s in LEDGER_STATUSES if statuses.get(s)},
-                          {str(k): int(v) for k, v in types.items() if k}, Decimal(str(cost)), reasons_all)
+        audience = {str(k): int(v) for k, v in conn.execute(
+            sa.select(m.c.status, sa.func.count()).where(m.c.campaign == name, m.c.occurrence == occ)
+            .group_by(m.c.status)).all()}
+        groups = conn.execute(sa.select(d.c.status, d.c.message_type, d.c.reason, sa.func.count(), sa.func.sum(d.c.cost))
+                              .where(d.c.campaign == name, d.c.occurrence == occ)
+                              .group_by(d.c.status, d.c.message_type, d.c.reason)).all()
+    statuses: dict[str, int] = {}
+    types: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    cost = Decimal(0)
+    for status, message_type, reason, count, group_cost in groups:
+        statuses[status] = statuses.get(status, 0) + int(count)
+        if status in SENT:
+            if message_type:
+                types[str(message_type)] = types.get(str(message_type), 0) + int(count)
+            if group_cost is not None:
+                cost += Decimal(str(group_cost))
+        elif status in NOT_SENT:
+            why = str(reason or "unknown")
+            reasons[why] = reasons.get(why, 0) + int(count)
+    # Recipients the audience stage set aside never reach the ledger: their reason is their status.
+    reasons.update({status: n for status, n in audience.items() if status != "ok"})
+    return DeliveryReport(name, occ, audience, {s: statuses[s] for s in LEDGER_STATUSES if statuses.get(s)},
+                          types, cost.quantize(CENTS), reasons)
