@@ -325,7 +325,8 @@ class SendManyResult:
         for items in (self.accepted_items, self.failed_items):
             for item in items:
                 custom = item.get("customFields")
-                ledger_id = custom.get(LEDGER_FIELD) if isinstance(custom, Mapping) else None
+                # JSON gives dicts: the ABC check (240 ns a message) only for other mappings
+                ledger_id = custom.get(LEDGER_FIELD) if type(custom) is dict or isinstance(custom, Mapping) else None
                 if ledger_id is None:
                     continue
                 code, text = item.get("statusCode", ""), item.get("statusMessage", "")
