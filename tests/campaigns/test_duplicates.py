@@ -3,30 +3,11 @@ of a key or a phone wins, later ones are recorded with the reason, other occurre
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Callable, Iterator
-
-import pytest
 import sqlalchemy as sa
 
 from campaignflow.pipelines.campaigns.audience import _mark_duplicates
 from campaignflow.state import tables as t
 from campaignflow.state.store import StateStore, utcnow
-
-
-@pytest.fixture(params=[pytest.param("sqlite", id="sqlite"),
-                        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
-                        pytest.param("mariadb", id="mariadb", marks=pytest.mark.mariadb)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'state.db'}"
-    else:
-        factory: Callable[[], str] = request.getfixturevalue("postgres_url" if request.param == "postgresql" else "mariadb_url")
-        url = factory()
-    s = StateStore(url)
-    s.migrate()
-    yield s
-    s.dispose()
 
 
 def _member(key: str, phone: str | None, status: str = "ok", occurrence: str = "o1") -> dict[str, object]:

@@ -49,7 +49,7 @@ class RunContext:
     run_id: str | None = None
     progress: Progress = _no_progress
     # Ledger rows the messages stage of this run rendered `ready` into an occurrence that had
-    # none: what the deliveries stage would otherwise count (a second per million rows).
+    # none: what the deliveries stage would otherwise count with a scan of the ledger.
     rendered_fresh: int | None = None
 
     def record_occurrence(self) -> None:
