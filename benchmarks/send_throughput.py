@@ -138,19 +138,19 @@ def _child(project: str, campaign: str, warm_up: bool) -> None:
 
     fixed_cost = None
     with dg.DagsterInstance.ephemeral() as instance:
+        def run_empty(occurrence: str) -> float:
+            begun = time.perf_counter()
+            outcome = run_campaign(load_project(project, use_cache=False), "bench_empty", live=True,
+                                   occurrence=occurrence, instance=instance)
+            if not outcome.success:
+                raise SystemExit(f"the run with no recipient ({occurrence}) failed: {outcome.error}")
+            return time.perf_counter() - begun
+
         if warm_up:
-            warmed = run_campaign(load_project(project, use_cache=False), "bench_empty", live=True, occurrence="warm-up",
-                                  instance=instance)
-            if not warmed.success:
-                raise SystemExit(f"warm-up failed: {warmed.error}")
+            run_empty("warm-up")
             # What any run costs in this warm process, recipients or not: Dagster's run and
             # events, the stages' own queries and commits. Part of the timed run below too.
-            fixed_start = time.perf_counter()
-            fixed = run_campaign(load_project(project, use_cache=False), "bench_empty", live=True,
-                                 occurrence="fixed-cost", instance=instance)
-            fixed_cost = time.perf_counter() - fixed_start
-            if not fixed.success:
-                raise SystemExit(f"the run with no recipient failed: {fixed.error}")
+            fixed_cost = run_empty("fixed-cost")
             rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         peaks = _ChildPeaks()
         start, cpu_start, children_cpu_before = time.perf_counter(), _own_cpu(), _children_cpu()

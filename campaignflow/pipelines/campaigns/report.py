@@ -78,15 +78,16 @@ def build_report(ctx: RunContext) -> DeliveryReport:
     reasons: dict[str, int] = {}
     cost = Decimal(0)
     for status, message_type, reason, count, group_cost in groups:
-        statuses[status] = statuses.get(status, 0) + int(count)
+        n = int(count)
+        statuses[status] = statuses.get(status, 0) + n
         if status in SENT:
             if message_type:
-                types[str(message_type)] = types.get(str(message_type), 0) + int(count)
+                types[str(message_type)] = types.get(str(message_type), 0) + n
             if group_cost is not None:
                 cost += Decimal(str(group_cost))
         elif status in NOT_SENT:
             why = str(reason or "unknown")
-            reasons[why] = reasons.get(why, 0) + int(count)
+            reasons[why] = reasons.get(why, 0) + n
     # Recipients the audience stage set aside never reach the ledger: their reason is their status.
     reasons.update({status: n for status, n in audience.items() if status != "ok"})
     return DeliveryReport(name, occ, audience, {s: statuses[s] for s in LEDGER_STATUSES if statuses.get(s)},
