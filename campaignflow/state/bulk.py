@@ -70,6 +70,24 @@ def literal_sql(column: sa.Column[Any], value: Any, dialect: sa.Dialect) -> str:
     return str(processor(value))
 
 
+#: What SQLite gets for NULL through :class:`Prepared`. Python's sqlite3 binds int, float and str
+#: directly but sends any other value, None included, through its adapter registry (a tuple
+#: built, a dict looked up, two attribute lookups: 0.3 µs each); SQLite stores a NaN double as
+#: NULL (sqlite3VdbeMemSetDouble), and a float takes the direct path. A rendered ledger row binds
+#: four NULLs: 200,000 of them took 2.4 µs a row to insert, and 1.2 µs with NaN.
+SQLITE_NULL = float("nan")
+
+
+def _sqlite_nulls(values: list[Any]) -> Sequence[Any]:
+    """`values` with None as :data:`SQLITE_NULL`, where that saves more than it costs."""
+    nones = values.count(None)  # in C: a column without NULLs costs one scan
+    if nones == len(values):
+        return (SQLITE_NULL,) * nones
+    if nones * 8 < len(values):  # a few: rewriting the column costs more than their adapter calls
+        return values
+    return [SQLITE_NULL if value is None else value for value in values]
+
+
 def _bound(processor: Any, value: Any) -> Any:
     return value if value is None or processor is None else processor(value)
 
@@ -100,6 +118,7 @@ class Prepared:
         if compiled.positiontup is None:
             raise NotPreparable("no positional parameter style")
         self.sql: str = compiled.string
+        self._sqlite = dialect.name == "sqlite"
         # Per placeholder: (row position, processor, None) | (None, processor, constant name) |
         # (None, None, fixed value): a literal of the statement or a column default.
         self.slots: list[tuple[int | None, Any, Any]] = []
@@ -117,16 +136,21 @@ class Prepared:
                 if default is None:
                     raise NotPreparable(name)
                 self.slots.append((None, None, _bound(processor, default)))
+        if self._sqlite:
+            self.slots = [(p, f, SQLITE_NULL if p is None and v is None else v) for p, f, v in self.slots]
 
     def parameters(self, rows: Rows, constants: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
         count = len(rows)
+        sqlite = self._sqlite
         columns: list[Sequence[Any]] = []
         for position, processor, fixed in self.slots:
             if position is not None:
                 values = [row[position] for row in rows]
-                columns.append(values if processor is None else bound_column(processor, values))
+                values = values if processor is None else bound_column(processor, values)
+                columns.append(_sqlite_nulls(values) if sqlite else values)
             elif isinstance(fixed, _Constant):
-                columns.append((_bound(processor, (constants or {})[fixed.name]),) * count)
+                value = _bound(processor, (constants or {})[fixed.name])
+                columns.append((SQLITE_NULL if sqlite and value is None else value,) * count)
             else:
                 columns.append((fixed,) * count)
         return list(zip(*columns))

@@ -337,6 +337,38 @@ def test_bulk_writes_keep_every_character_and_the_defaults(migrated: StateStore)
     assert [tuple(r) for r in snapshot] == [(text, text, None) for text in tricky]
 
 
+def test_bulk_writes_store_none_as_null_at_every_density(migrated: StateStore) -> None:
+    """A column None in every row, in most rows, in a few: NULL each time, on inserts and updates
+    (SQLite binds them as NaN, which it stores as NULL: never a REAL, never the text 'NaN')."""
+    d = tables.deliveries
+    count = 40
+    rows = [(f"k{i}", "01012345678", "ready", None, None if i % 10 else "few", "SMS",
+             None if i % 3 else f"text {i}", None) for i in range(count)]
+    columns = ("recipient_key", "phone", "status", "subject", "reason", "message_type", "text", "kakao")
+    constants = {"campaign": "c", "occurrence": "o", "created_at": utcnow(), "updated_at": utcnow(), "batch_id": None}
+    with migrated.write() as conn:
+        assert migrated.insert_rows(conn, d, columns, rows, constants=constants, skip_duplicates=True) == count
+        ids = dict(conn.execute(sa.select(d.c.recipient_key, d.c.id)).all())
+        migrated.update_rows(conn, d, ("id", "status_code", "cost"),
+                             [(ids[f"k{i}"], None if i % 2 else "4000", None) for i in range(count)],
+                             same={"group_id": None, "status_message": "ok"})
+    with migrated.engine.connect() as conn:
+        got = conn.execute(sa.select(d.c.recipient_key, d.c.subject, d.c.reason, d.c.text, d.c.kakao, d.c.batch_id,
+                                     d.c.status_code, d.c.cost, d.c.group_id).order_by(d.c.id)).all()
+        nulls = conn.execute(sa.select(sa.func.count()).where(d.c.subject.is_(None), d.c.kakao.is_(None),
+                                                              d.c.batch_id.is_(None), d.c.cost.is_(None),
+                                                              d.c.group_id.is_(None))).scalar_one()
+        if migrated.dialect == "sqlite":
+            kinds = {kind for (kind,) in conn.execute(sa.text(
+                "SELECT DISTINCT typeof(subject) || typeof(reason) || typeof(text) || typeof(kakao) || typeof(cost) "
+                "FROM deliveries WHERE reason IS NULL AND text IS NULL"))}
+            assert kinds == {"nullnullnullnullnull"}
+    assert nulls == count
+    assert [tuple(r) for r in got] == [
+        (f"k{i}", None, None if i % 10 else "few", None if i % 3 else f"text {i}", None, None,
+         None if i % 2 else "4000", None, None) for i in range(count)]
+
+
 # -- update_many ------------------------------------------------------------------------------
 
 
