@@ -153,6 +153,7 @@ def _child(project: str, campaign: str, warm_up: bool) -> None:
             fixed_cost = run_empty("fixed-cost")
             rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         peaks = _ChildPeaks()
+        collecting["seconds"] = 0.0  # the timed run's collections only, not the imports' and warm-up's
         start, cpu_start, children_cpu_before = time.perf_counter(), _own_cpu(), _children_cpu()
         outcome = run_campaign(load_project(project, use_cache=False), campaign, live=True,
                                occurrence=os.environ.get("BENCH_OCCURRENCE", "bench"),
@@ -185,7 +186,11 @@ class _ChildPeaks:
     def _sample(self) -> None:
         while not self._stop.wait(0.05):
             for children in Path("/proc/self/task").glob("*/children"):
-                for pid in children.read_text().split():
+                try:
+                    pids = children.read_text().split()
+                except OSError:  # the thread ended after it was listed
+                    continue
+                for pid in pids:
                     try:
                         # only once it runs the writer: a child that has not executed Python
                         # afresh yet is a forked copy of this process, and counts its pages

@@ -3,8 +3,9 @@ of a key or a phone wins, later ones are recorded with the reason, other occurre
 
 Rows go the audience stage's way: classified as they stream (`_members`, phones decided there,
 keys perhaps), written by the insert job, then the perhaps-repeated keys settled against the
-snapshot. Each scenario runs with the stage's key filter as it is, with a filter so small that
-every key is "perhaps" (each one then looked up), and with too many candidates (the GROUP BY)."""
+snapshot. Each scenario runs with exact sets (a small audience), with the sets handing over to
+the bitmaps midway, with the bitmaps from the first row, with a key filter so small that every
+key is "perhaps" (each one then looked up), and with too many candidates (the GROUP BY)."""
 
 from __future__ import annotations
 
@@ -21,12 +22,16 @@ from campaignflow.state.store import StateStore
 COLUMNS = ("id", "phone")
 
 
-@pytest.fixture(params=["filter", "every-key-perhaps", "group-by"])
+@pytest.fixture(params=["exact-sets", "sets-then-bitmaps", "bitmaps", "every-key-perhaps", "group-by"])
 def key_filter(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    if request.param != "filter":
+    if request.param == "sets-then-bitmaps":
+        monkeypatch.setattr(audience, "EXACT_ROWS", 4)  # the second chunk of 3 goes to the bitmaps
+    if request.param in ("bitmaps", "every-key-perhaps"):
+        monkeypatch.setattr(audience, "EXACT_ROWS", 0)
+    if request.param == "every-key-perhaps":
         monkeypatch.setattr(audience, "KEY_FILTER_BITS", 8)  # one byte: every key soon looks seen
     if request.param == "group-by":
-        monkeypatch.setattr(audience, "KEY_CANDIDATES_MAX", 2)
+        monkeypatch.setattr(audience, "KEY_CANDIDATES_MAX", 0)  # the first repeated key is one too many
     yield request.param
 
 

@@ -210,8 +210,11 @@ def test_redact_hides_numbers_in_text(digits: str, before: str, after: str) -> N
         assert mask_phone(digits) in text
 
 
-@settings(max_examples=500, deadline=None)
-@given(st.text(alphabet="0123456789-", min_size=9, max_size=14))
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(st.text(alphabet="0123456789-", min_size=9, max_size=14),
+                 st.text(alphabet="0123456789-. +", min_size=9, max_size=18),
+                 st.builds(lambda head, rest: head + rest, st.sampled_from(["+82", "+82 ", "+82-", "82-", "82", "+820", "82-0"]),
+                           st.text(alphabet="0123456789-. ", min_size=7, max_size=14))))
 def test_common_shape_shortcut_agrees_with_the_general_rules(raw: str) -> None:
     from campaignflow import phones
 
