@@ -47,6 +47,20 @@ def frozen_after_loading() -> Iterator[None]:
             gc.enable()
 
 
+_loaded_heap_frozen = False
+
+
+def freeze_loaded_heap_once() -> None:
+    """In a process that runs jobs itself (the CLI), before its first run: what is loaded by then
+    (Dagster, the definitions) is collected once and frozen, as the code location does at load
+    (frozen_after_loading), so a bulk stage's collections no longer walk it."""
+    global _loaded_heap_frozen
+    if not _loaded_heap_frozen:
+        _loaded_heap_frozen = True
+        gc.collect()
+        gc.freeze()
+
+
 def release_free_memory() -> None:
     """Between bulk stages: collect the young generations' cycles (the oldest, a Dagster
     process's million long-lived objects, is not worth walking) and hand the C heap's free pages back

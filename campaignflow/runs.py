@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import dagster as dg
 
+from .gctuning import freeze_loaded_heap_once
 from .pipelines.campaigns import STAGES
 from .pipelines.campaigns.runner import set_progress_listener
 from .pipelines.compile import CAMPAIGN_TAG, OCCURRENCE_TAG, RUN_TAGS, TRIGGER_TAG, build_definitions, group_of, stage_key
@@ -71,6 +72,7 @@ def run_campaign(project: Project, name: str, *, live: bool = False, occurrence:
         config["payload"] = json.dumps(payload, ensure_ascii=False)
     tags = {CAMPAIGN_TAG: name, TRIGGER_TAG: trigger, **RUN_TAGS, **({OCCURRENCE_TAG: occurrence} if occurrence else {})}
     set_progress_listener(progress)
+    freeze_loaded_heap_once()
     try:
         result = job.execute_in_process(
             # The terminal shows a progress bar and a summary; the full log is in the run's event log (UI).

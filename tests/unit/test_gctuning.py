@@ -58,3 +58,21 @@ def test_release_free_memory_collects_young_cycles() -> None:
         if was:
             gc.enable()
     assert alive() is None
+
+
+def test_freeze_loaded_heap_once_freezes_on_the_first_run_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from campaignflow import gctuning
+
+    monkeypatch.setattr(gctuning, "_loaded_heap_frozen", False)
+    gc.unfreeze()
+    try:
+        loaded = _Cycle()  # alive when the first run starts: frozen with the rest
+        gctuning.freeze_loaded_heap_once()
+        frozen = gc.get_freeze_count()
+        assert frozen > 0 and all(o is not loaded for o in gc.get_objects())
+        later = _Cycle()  # made by a run: a second run does not freeze it
+        gctuning.freeze_loaded_heap_once()
+        assert gc.get_freeze_count() == frozen
+        assert any(o is later for o in gc.get_objects())
+    finally:
+        gc.unfreeze()
