@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import pytest
 import sqlalchemy as sa
 
-from campaignflow.pipelines.campaigns import audience
+from campaignflow.pipelines.campaigns import audience, writes
 from campaignflow.state import tables as t
 from campaignflow.state.store import StateStore
 
@@ -43,7 +43,7 @@ def _snapshot(store: StateStore, rows: list[tuple[Any, ...]], occurrence: str = 
     for start in range(0, len(rows), chunk):
         members = audience._members(ctx, rows[start:start + chunk], 0, 1, start, repeats, counts)
         with store.write() as conn:
-            audience.insert_members(store, conn, ("c", occurrence), COLUMNS, members)
+            writes.insert_members(store, conn, ("c", occurrence), COLUMNS, members)
     with store.write() as conn:
         audience._mark_repeated_keys(conn, "c", occurrence, repeats.key_candidates, counts)
     return counts

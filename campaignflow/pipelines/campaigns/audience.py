@@ -14,12 +14,12 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import sqlalchemy as sa
 
-from ... import jsoncodec
 from ...phones import normalize_phone, phone_problem
 from ...state import tables as t
-from ...state.store import ONE_OFF, StateStore, ids_in, utcnow
+from ...state.store import ONE_OFF, ids_in
 from ...state.writer import StageWriter
 from .context import RunContext
+from .writes import insert_members
 
 STATUSES = ("ok", "invalid_phone", "missing_key", "duplicate_key", "duplicate_phone")
 
@@ -61,8 +61,6 @@ def _source_rows(ctx: RunContext) -> Iterator[tuple[Sequence[str], Sequence[Sequ
     yield from db.stream_rows(audience.sql, ctx.occurrence.sql_parameters(ctx.campaign.name))
 
 
-# The snapshot's columns, per row; campaign, occurrence and created_at are the chunk's constants.
-MEMBER_COLUMNS = ("recipient_key", "phone", "status", "reason", "data")
 KEY_REPEATED = "the query returned this key more than once"
 PHONE_REPEATED = "another recipient has the same phone number"
 
@@ -264,18 +262,6 @@ def select_audience(ctx: RunContext) -> AudienceSummary:
         conn.execute(sa.update(o).where(this_occurrence).values(audience_rows=selected))
     ctx.log.info(f"audience of {name} [{occ}]: {selected} rows selected, {counts.get('ok', 0)} usable")
     return AudienceSummary(selected, counts)
-
-
-def insert_members(store: StateStore, conn: sa.Connection, scope: tuple[str, str], names: tuple[str, ...],
-                   members: list[tuple[Any, ...]]) -> None:
-    """A chunk of the snapshot (a writer job: `scope` is (campaign, occurrence), `names` the source
-    columns). Each member's source row becomes its `data` here: encoding it (1 µs a row) is work
-    of the writer's core, which waits on the stage's fetching, not of the stage's."""
-    encode = jsoncodec.dumps
-    rows = [(key, phone, status, reason, encode(dict(zip(names, values))))
-            for key, phone, status, reason, values in members]
-    store.insert_rows(conn, t.audience_members, MEMBER_COLUMNS, rows,
-                      constants={"campaign": scope[0], "occurrence": scope[1], "created_at": utcnow()})
 
 
 def require_complete_audience(ctx: RunContext) -> None:

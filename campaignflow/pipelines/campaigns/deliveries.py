@@ -30,11 +30,11 @@ from ...resources.solapi import (
 )
 from ...scheduling import in_quiet_hours, parse_clock, zone
 from ...state import tables as t
-from ...state.spend import SpendChange
 from ...state.store import ONE_OFF, StateStore, ids_in, utcnow
 from ...state.writer import Pending, StageWriter
 from .claims import ID, TYPE, Claim, ClaimPlan, claim_batch, in_batch, release_batch
 from .context import RunContext
+from .writes import SettleGroup, settle_groups
 
 # How far before the claim time to look for a reconciled message (clock skew with SOLAPI).
 RECONCILE_MARGIN = timedelta(minutes=5)
@@ -103,50 +103,12 @@ def _ledger_status(status_code: str) -> str:
     return {"accepted": "sent", "pending": "sent", "delivered": "delivered"}.get(classify_status(status_code), "failed")
 
 
-def _shared_values(status_code: str, status_message: str, group_id: str | None, price: Decimal,
-                   now: datetime) -> dict[str, Any]:
-    """The ledger values for a status SOLAPI reported (everything but the message id)."""
-    status = _ledger_status(status_code)
-    sent = status != "failed"
-    return {"status": status, "status_code": status_code, "status_message": status_message, "group_id": group_id,
-            "reason": None if sent else status_code, "cost": price if sent else Decimal(0),
-            "sent_at": now if sent else None, "final_at": now if status in ("delivered", "failed") else None,
-            "updated_at": now}
-
-
-# Outcomes that share everything but SOLAPI's message id: (status code, status message, group id,
-# price, [(message id, ledger id), ...]).
-SettleGroup = tuple[str, str, "str | None", Decimal, list[tuple["str | None", int]]]
-
-
 def settle(store: StateStore, conn: sa.Connection, outcomes: list[Outcome]) -> None:
-    """Write outcomes of `pending` rows (see settle_groups)."""
+    """Write outcomes of `pending` rows (see writes.settle_groups)."""
     groups: dict[tuple[Any, ...], list[tuple[str | None, int]]] = {}
     for outcome in outcomes:
         groups.setdefault(outcome[2:], []).append((outcome.message_id, outcome.row_id))
-    settle_groups(store, conn, [(*shared, members) for shared, members in groups.items()])
-
-
-def settle_groups(store: StateStore, conn: sa.Connection, groups: list[SettleGroup]) -> None:
-    """Write many outcomes of `pending` rows with as few statements as possible.
-
-    A row a delivery report already moved on (it can arrive before SOLAPI's own answer is
-    recorded) keeps what the report said, which is at least as new: every UPDATE is guarded by
-    `status = pending`. A batch's rows share everything but SOLAPI's message id, except for a
-    few outcomes (failures, other prices): each group of equal outcomes is one `update_rows` with
-    the shared values bound once (each row written once: on PostgreSQL every UPDATE is a new row
-    version), and its row count says what the group adds to the month's spend. (A writer job: a
-    batch's outcomes are settled by the writer process while the next batch is sent.)
-    """
-    d = t.deliveries
-    change = SpendChange()
-    now = utcnow()
-    for status_code, status_message, group_id, price, members in groups:
-        shared = _shared_values(status_code, status_message, group_id, price, now)
-        updated = store.update_rows(conn, d, ("provider_message_id", "id"), members,
-                                    where=d.c.status == "pending", same=shared)
-        change.add(None, shared, times=updated)  # a pending row counts no cost yet
-    change.write(store, conn)
+    settle_groups(store, conn, [(_ledger_status(shared[0]), *shared, members) for shared, members in groups.items()])
 
 
 def reconcile_pending(ctx: RunContext, plan: ClaimPlan, sender: Sender, summary: DeliverySummary) -> None:
@@ -238,15 +200,17 @@ def _record(plan: ClaimPlan, rows: Sequence[Any], result: SendManyResult, summar
             members = groups[key] = []
         members.append((message_id, int(ledger_id)))
     failed = 0
-    for (status_code, _, _), members in groups.items():
-        if _ledger_status(status_code) == "failed":
+    settled: list[SettleGroup] = []
+    for (status_code, status_message, message_type), members in groups.items():
+        status = _ledger_status(status_code)
+        if status == "failed":
             failed += len(members)
             summary.failures[status_code] = summary.failures.get(status_code, 0) + len(members)
+        settled.append((status, status_code, status_message, result.group_id, plan.price(message_type), members))
     summary.failed += failed
     summary.sent += sum(len(members) for members in groups.values()) - failed
     # Lost to a crash, the batch is `pending` again and the next run reconciles it with SOLAPI.
-    writer.submit(settle_groups, [(code, text, result.group_id, plan.price(kind), members)
-                                  for (code, text, kind), members in groups.items()], rows=len(rows))
+    writer.submit(settle_groups, settled, rows=len(rows))
     return failed
 
 

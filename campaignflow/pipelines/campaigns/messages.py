@@ -18,15 +18,14 @@ import sqlalchemy as sa
 from ... import jsoncodec, templating, textlimits
 from ...config.models import Campaign, Lookup, Message, Variable
 from ...state import tables as t
-from ...state.store import StateStore, utcnow
+from ...state.store import utcnow
 from ...state import writer as state_writer
 from ...state.writer import StageWriter
 from .audience import iter_members, require_complete_audience
 from .context import RunContext
+from .writes import write_ledger_rows
 
 ALIMTALK_MAX_CHARS = 1000
-# A ledger row in one of these states has not reached the provider and may be re-rendered.
-UNSENT = ("ready", "failed_render")
 
 
 class RenderProblem(Exception):
@@ -234,9 +233,6 @@ def message_for(campaign: Campaign, row: dict[str, Any], looked_up: dict[str, di
     return MessageBuilder(campaign, payload, builtins).build(row, looked_up)
 
 
-# The ledger's columns per rendered row; campaign, occurrence, timestamps and attempts are constants.
-LEDGER_COLUMNS = ("recipient_key", "phone", "status", "reason", "status_message", "message_type", "text",
-                  "subject", "kakao")
 # Rendered rows written per transaction: the ledger's random-order indexes (phone, the unique key)
 # dirty about as many pages for 5,000 rows as for 50,000, and each commit writes them all again.
 WRITE_ROWS = 20_000
@@ -348,27 +344,3 @@ def _has_ledger_rows(ctx: RunContext) -> bool:
     with ctx.store.engine.connect() as conn:
         return conn.execute(sa.select(d.c.id).where(d.c.campaign == ctx.campaign.name,
                                                     d.c.occurrence == ctx.occurrence.key).limit(1)).first() is not None
-
-
-def write_ledger_rows(store: StateStore, conn: sa.Connection, scope: tuple[str, str], ledger: list[tuple[Any, ...]],
-                      fresh: bool) -> None:
-    """Insert new ledger rows; refresh rows that never left; leave everything else alone.
-    (A writer job: `scope` is (campaign, occurrence), `ledger` rows as LEDGER_COLUMNS.)"""
-    d = t.deliveries
-    campaign, occurrence = scope
-    now = utcnow()
-    constants = {"campaign": campaign, "occurrence": occurrence, "created_at": now, "updated_at": now, "attempts": 0}
-    if fresh:
-        store.insert_rows(conn, d, LEDGER_COLUMNS, ledger, constants=constants, skip_duplicates=True)
-        return
-    existing: dict[str, str] = {}
-    keys = [row[0] for row in ledger]
-    for start in range(0, len(keys), 5000):
-        existing.update(conn.execute(sa.select(d.c.recipient_key, d.c.status).where(
-            d.c.campaign == campaign, d.c.occurrence == occurrence, d.c.recipient_key.in_(keys[start:start + 5000]))).all())
-    new = [row for row in ledger if row[0] not in existing]
-    store.insert_rows(conn, d, LEDGER_COLUMNS, new, constants=constants, skip_duplicates=True)
-    stale = [scope + row for row in ledger if existing.get(row[0]) in UNSENT]
-    store.update_rows(conn, d, ("campaign", "occurrence", *LEDGER_COLUMNS), stale,
-                      match=("campaign", "occurrence", "recipient_key"), same={"updated_at": now},
-                      where=d.c.status.in_(UNSENT))
