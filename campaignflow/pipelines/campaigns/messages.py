@@ -211,7 +211,6 @@ class MessageBuilder:
 
     def __init__(self, campaign: Campaign, payload: dict[str, Any], builtins: dict[str, Any]) -> None:
         self.campaign = campaign
-        self.payload = payload
         self.builtins = builtins
         lookups = {lookup.name: lookup for lookup in campaign.audience.lookups}
         self._values = [(var.name, _value_of(var, payload, lookups)) for var in campaign.variables]
