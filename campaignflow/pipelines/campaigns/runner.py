@@ -20,7 +20,7 @@ from ..run_config import CampaignRunConfig
 from .audience import IncompleteAudience, require_complete_audience, select_audience
 from .context import Occurrence, RunContext, latest_occurrence
 from .deliveries import DeliveryStopped, deliver
-from .messages import render_messages
+from .messages import render_messages, select_and_render
 from .report import build_report
 
 # Set by the CLI to draw a progress bar while a run executes in its process.
@@ -76,20 +76,25 @@ def run_campaign(context: dg.AssetExecutionContext, project: Project, campaign: 
     def key(stage: str) -> dg.AssetKey:
         return dg.AssetKey([campaign.name, stage])
 
+    rendered = None
     if "audience" in stages:
         with fewer_collections():
-            summary = select_audience(ctx)
+            if "messages" in stages:  # rendered as the rows stream by, not read back
+                summary, rendered = select_and_render(ctx)
+            else:
+                summary = select_audience(ctx)
         yield dg.MaterializeResult(asset_key=key("audience"), metadata={
             **base, "selected": summary.selected, "usable": summary.usable,
             **{f"status/{k}": v for k, v in summary.counts.items()}})
     if "messages" in stages:
-        release_free_memory()
-        ctx.record_occurrence()
-        try:
-            with fewer_collections():
-                rendered = render_messages(ctx)
-        except IncompleteAudience as incomplete:
-            raise dg.Failure(str(incomplete), allow_retries=False) from incomplete
+        if rendered is None:
+            release_free_memory()
+            ctx.record_occurrence()
+            try:
+                with fewer_collections():
+                    rendered = render_messages(ctx)
+            except IncompleteAudience as incomplete:
+                raise dg.Failure(str(incomplete), allow_retries=False) from incomplete
         yield dg.MaterializeResult(asset_key=key("messages"), metadata={
             **base, "rendered": rendered.rendered, "not_renderable": rendered.failed,
             **{f"type/{k}": v for k, v in rendered.by_type.items()},
