@@ -7,6 +7,7 @@ resend) while the messages can be found again by their ledger id.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import hmac
 import logging
@@ -220,6 +221,19 @@ def test_send_many_maps_ledger_ids_to_message_ids(client: SolapiClient, sandbox:
                 "accountId", "masterAccountId", "apiVersion", "price", "dateCreated", "dateUpdated"):  # fmt: skip
         assert key in info
     assert sandbox.count_to(phone(1)) == 1
+
+
+def test_an_answer_is_let_go_as_soon_as_it_is_read(client: SolapiClient, sandbox: SolapiSandbox) -> None:
+    """Without the cycle collector, nothing of a request or its answer outlives the call (httpx's
+    Response and its stream refer to each other; a batch's pair is megabytes)."""
+    sandbox.inject("http_500", times=1)  # an answer that is retried, and one that is read
+    gc.collect()
+    gc.disable()
+    try:
+        assert client.send_many([sms(1), sms(2)]).group_id
+        assert [o for o in gc.get_objects() if isinstance(o, (httpx.Response, httpx.Request))] == []
+    finally:
+        gc.enable()
 
 
 def test_send_many_refuses_more_than_10000_messages_before_any_request(
