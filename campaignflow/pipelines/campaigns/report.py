@@ -6,8 +6,10 @@ per-recipient log. Numbers go out as numeric metadata so Dagster plots them acro
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -66,13 +68,20 @@ def build_report(ctx: RunContext) -> DeliveryReport:
     where four and two took 2.5 s at a million recipients: the report is the run's last step."""
     d, m = t.deliveries, t.audience_members
     name, occ = ctx.campaign.name, ctx.occurrence.key
-    with ctx.store.engine.connect() as conn:
-        audience = {str(k): int(v) for k, v in conn.execute(
-            sa.select(m.c.status, sa.func.count()).where(m.c.campaign == name, m.c.occurrence == occ)
-            .group_by(m.c.status)).all()}
-        groups = conn.execute(sa.select(d.c.status, d.c.message_type, d.c.reason, sa.func.count(), sa.func.sum(d.c.cost))
-                              .where(d.c.campaign == name, d.c.occurrence == occ)
-                              .group_by(d.c.status, d.c.message_type, d.c.reason)).all()
+
+    def rows(query: Any) -> list[Any]:
+        with ctx.store.engine.connect() as conn:
+            return list(conn.execute(query).all())
+
+    # Side by side, each on a connection of its own: the database works without the GIL, and at a
+    # million recipients the two took 0.3 s and 0.7 s one after the other.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="report") as pool:
+        by_status = pool.submit(rows, sa.select(m.c.status, sa.func.count())
+                                .where(m.c.campaign == name, m.c.occurrence == occ).group_by(m.c.status))
+        groups = rows(sa.select(d.c.status, d.c.message_type, d.c.reason, sa.func.count(), sa.func.sum(d.c.cost))
+                      .where(d.c.campaign == name, d.c.occurrence == occ)
+                      .group_by(d.c.status, d.c.message_type, d.c.reason))
+        audience = {str(k): int(v) for k, v in by_status.result()}
     statuses: dict[str, int] = {}
     types: dict[str, int] = {}
     reasons: dict[str, int] = {}
