@@ -161,6 +161,22 @@ def test_a_rerun_of_the_same_occurrence_sends_nothing_new(world: CampaignWorld, 
     writer.assert_ran(*STAGE_JOBS)
 
 
+def test_only_an_occurrence_with_earlier_ledger_rows_is_checked_for_pending_ones(
+        world: CampaignWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    checked: list[str] = []
+    reconcile = deliveries_module.reconcile_pending
+
+    def spy(ctx: Any, *args: Any, **kwargs: Any) -> None:
+        checked.append(ctx.occurrence.key)
+        reconcile(ctx, *args, **kwargs)
+
+    monkeypatch.setattr(deliveries_module, "reconcile_pending", spy)
+    assert world.run("review_request", live=True, occurrence="2026-11-03").success
+    assert checked == []  # its messages stage rendered into an empty occurrence: nothing can be pending
+    assert world.run("review_request", live=True, occurrence="2026-11-03").success
+    assert checked == ["2026-11-03"]
+
+
 def test_crash_between_ledger_write_and_send_ends_exactly_once(world: CampaignWorld, monkeypatch: pytest.MonkeyPatch,
                                                                writer: Writer) -> None:
     real = solapi_module.SolapiClient.send_many
