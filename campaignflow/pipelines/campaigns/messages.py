@@ -283,16 +283,11 @@ def select_and_render(ctx: RunContext) -> tuple[AudienceSummary, MessagesSummary
     and the snapshot's and the ledger's writes share one writer process). The ledger ends as
     :func:`render_messages` would leave it from the same snapshot. When the stream holds back
     too many possibly repeated keys to keep, the rows left are rendered from the snapshot."""
-    renderers: list[Renderer] = []
-
-    def follow(writer: StageWriter) -> _RenderAsSelected:
-        renderers.append(Renderer(ctx, writer))
-        return _RenderAsSelected(renderers[0])
-
-    selected = select_audience(ctx, follow)
-    renderer = renderers[0]
+    follower = _RenderAsSelected(ctx)
+    selected = select_audience(ctx, follower.start)
     if not selected.followed:
         return selected, render_messages(ctx)
+    renderer = follower.renderer
     ctx.rendered_fresh = renderer.rendered if renderer.fresh else None
     return selected, renderer.summary()
 
@@ -300,8 +295,14 @@ def select_and_render(ctx: RunContext) -> tuple[AudienceSummary, MessagesSummary
 class _RenderAsSelected:
     """The audience stage's follower (audience.Follower) in :func:`select_and_render`."""
 
-    def __init__(self, renderer: Renderer) -> None:
-        self.renderer = renderer
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.renderer: Renderer
+
+    def start(self, writer: StageWriter) -> _RenderAsSelected:
+        """Render into the audience stage's writer (select_audience's `follow`)."""
+        self.renderer = Renderer(self.ctx, writer)
+        return self
 
     def take(self, columns: Sequence[str], usable: list[Selected]) -> None:
         if not usable:

@@ -71,7 +71,7 @@ def build_report(ctx: RunContext) -> DeliveryReport:
 
     def rows(query: Any) -> list[Any]:
         with ctx.store.engine.connect() as conn:
-            return list(conn.execute(query).all())
+            return conn.execute(query).all()
 
     # Side by side, each on a connection of its own: the database works without the GIL, and at a
     # million recipients the two took 0.3 s and 0.7 s one after the other.
