@@ -177,6 +177,49 @@ def test_only_an_occurrence_with_earlier_ledger_rows_is_checked_for_pending_ones
     assert checked == ["2026-11-03"]
 
 
+def _spy_on_counting_ready_rows(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    counted: list[str] = []
+    total_ready = deliveries_module._total_ready
+    monkeypatch.setattr(deliveries_module, "_total_ready",
+                        lambda ctx: counted.append(ctx.occurrence.key) or total_ready(ctx))
+    return counted
+
+
+def test_claims_that_took_every_rendered_row_do_not_look_behind_them(
+        world: CampaignWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    counted = _spy_on_counting_ready_rows(monkeypatch)
+    _set_batch_size(world, 20)
+    assert world.run("review_request", live=True, occurrence="2026-11-04").success
+    assert counted == []  # nobody else held a row of it: nothing can be ready behind the cursor
+    _assert_each_usable_recipient_got_exactly_one(world, "review_request", "2026-11-04")
+
+
+def test_rows_another_run_held_as_the_claims_passed_are_sent_once_it_lets_them_go(
+        world: CampaignWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claims walk the ledger once. A row another run of the same occurrence had claimed when
+    they passed it, and later released (its SOLAPI kept failing), is ready behind their cursor:
+    the run looks for such rows before it ends, and sends them."""
+    d = sa.table("deliveries", sa.column("id"), sa.column("status"), sa.column("batch_id"))
+    claim, calls = deliveries_module.claim_batch, {"n": 0}
+
+    def another_run_holds_then_releases(store: Any, conn: sa.Connection, *args: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:  # before this run's first claim: another run claims the first 5 rows
+            first = [r[0] for r in conn.execute(sa.select(d.c.id).where(d.c.status == "ready").order_by(d.c.id).limit(5))]
+            conn.execute(sa.update(d).where(d.c.id.in_(first)).values(status="pending", batch_id="other-run"))
+        elif calls["n"] == 2:  # ... and gives them back, ready, behind this run's cursor
+            conn.execute(sa.update(d).where(d.c.batch_id == "other-run").values(status="ready", batch_id=None))
+        return claim(store, conn, *args)
+
+    counted = _spy_on_counting_ready_rows(monkeypatch)
+    monkeypatch.setattr(deliveries_module, "claim_batch", another_run_holds_then_releases)
+    _set_batch_size(world, 20)
+    outcome = world.run("review_request", live=True, occurrence="2026-11-05")
+    assert outcome.success, outcome.error
+    assert counted == ["2026-11-05"]
+    _assert_each_usable_recipient_got_exactly_one(world, "review_request", "2026-11-05")
+
+
 def test_crash_between_ledger_write_and_send_ends_exactly_once(world: CampaignWorld, monkeypatch: pytest.MonkeyPatch,
                                                                writer: Writer) -> None:
     real = solapi_module.SolapiClient.send_many

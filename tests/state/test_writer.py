@@ -381,6 +381,24 @@ def test_one_core_never_starts_a_child(sqlite_store: StateStore, monkeypatch: py
     assert _logged(sqlite_store) == [("only", os.getpid()), ("inline", os.getpid())]
 
 
+def test_a_stage_that_will_stay_below_the_threshold_starts_no_child(
+        sqlite_store: StateStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused audience-and-messages pass learns at its last chunk how much is left to write:
+    when that can never reach the threshold, the child it would start at half is not started."""
+    monkeypatch.setattr(writer_module.os, "cpu_count", lambda: 2)
+    with StageWriter(sqlite_store, process_after=10) as writer:
+        writer.submit(record, "first", rows=4)
+        writer.expect_at_most(5)  # 4 + 5 < 10: no job would ever reach a child
+        writer.submit(record, "second", rows=5)
+        assert writer._child is None
+    assert _logged(sqlite_store) == [("first", os.getpid()), ("second", os.getpid())]
+    with StageWriter(sqlite_store, process_after=10) as writer:
+        writer.submit(record, "third", rows=4)
+        writer.expect_at_most(6)  # it may reach 10: the child starts as before
+        writer.submit(record, "fourth", rows=6)
+        assert writer._child is not None and writer.in_child
+
+
 # -- durability of rebuildable writes ---------------------------------------------------------
 
 NORMAL, FULL = 1, 2  # PRAGMA synchronous

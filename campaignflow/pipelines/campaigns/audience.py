@@ -62,6 +62,20 @@ def _source_rows(ctx: RunContext) -> Iterator[tuple[Sequence[str], Sequence[Sequ
     yield from db.stream_rows(audience.sql, ctx.occurrence.sql_parameters(ctx.campaign.name))
 
 
+def _marking_the_last(chunks: Iterator[tuple[Sequence[str], Sequence[Sequence[Any]]]]
+                      ) -> Iterator[tuple[Sequence[str], Sequence[Sequence[Any]], bool]]:
+    """The chunks that have rows, each with whether it is the last (read one chunk ahead)."""
+    ahead: tuple[Sequence[str], Sequence[Sequence[Any]]] | None = None
+    for columns, rows in chunks:
+        if not rows:
+            continue
+        if ahead is not None:
+            yield ahead[0], ahead[1], False
+        ahead = (columns, rows)
+    if ahead is not None:
+        yield ahead[0], ahead[1], True
+
+
 KEY_REPEATED = "the query returned this key more than once"
 PHONE_REPEATED = "another recipient has the same phone number"
 
@@ -138,7 +152,7 @@ class Follower(Protocol):
 class Followed:
     """A chunk's usable rows for a :class:`Follower`, and the rows it must not have yet: those
     whose key the stream perhaps saw before. Those are every later row of a key and, with the key
-    filter, a few first rows it took for repeats; :func:`_first_rows_held_back` tells them apart
+    filter, a few first rows it took for repeats; :func:`_mark_repeated_keys` tells them apart
     once the snapshot is whole. Per held key: its rows so far, and the first of them if usable."""
 
     def __init__(self) -> None:
@@ -226,10 +240,11 @@ _MARK_CHUNK = 10_000
 
 
 def _mark_repeated_keys(conn: sa.Connection, campaign: str, occurrence: str, candidates: set[str] | None,
-                        counts: dict[str, int]) -> None:
+                        counts: dict[str, int], held: dict[str, list[Any]] | None = None) -> list[Selected]:
     """Rows whose key an earlier row has: `duplicate_key` unless something else is wrong with them
     (it takes the place of `duplicate_phone`: the key is the first thing that repeats). `counts`
-    (rows by status) follows.
+    (rows by status) follows. Returns the rows of `held` (a :class:`Followed`'s, whose keys are
+    all among `candidates`) that are their key's first row after all, in stream order.
 
     `candidates`: keys perhaps repeated, from the stage's filter; None: find them with a GROUP BY.
     Their rows are read in id order and all but the first updated by id, written out. Each
@@ -237,6 +252,12 @@ def _mark_repeated_keys(conn: sa.Connection, campaign: str, occurrence: str, can
     id [NOT] IN (subquery)` MariaDB ran a subquery per row (250 s for 100,000 rows), and
     PostgreSQL, whose statistics do not know about rows inserted in the same transaction, chose a
     nested loop that re-sorted the audience per row.
+
+    A held row is its key's first when every snapshot row of the key was held back: the stream
+    holds back every row of a key after the first, and never the first row of a key it has not
+    seen, so such a key came first as its first held row (the filter took it for a repeat). The
+    same read counts the rows per key (one scan of the snapshot at a million rows, 0.3 s). Keys
+    compare as Python compares them, not in the database's collation.
     """
     m = t.audience_members
     scope = sa.and_(m.c.campaign == campaign, m.c.occurrence == occurrence)
@@ -246,10 +267,13 @@ def _mark_repeated_keys(conn: sa.Connection, campaign: str, occurrence: str, can
     else:
         repeated = sorted(candidates)
     later: list[int] = []
+    rows_of: dict[str, int] = {}  # snapshot rows per held key
     for start in range(0, len(repeated), _MARK_CHUNK):
         seen: set[Any] = set()
         for row_id, key, status in conn.execute(sa.select(m.c.id, m.c.recipient_key, m.c.status).where(
                 scope, m.c.recipient_key.in_(repeated[start:start + _MARK_CHUNK])).order_by(m.c.id)):
+            if held is not None and key in held:
+                rows_of[key] = rows_of.get(key, 0) + 1
             if key not in seen:
                 seen.add(key)
             elif status in ("ok", "duplicate_phone"):
@@ -260,24 +284,9 @@ def _mark_repeated_keys(conn: sa.Connection, campaign: str, occurrence: str, can
     for start in range(0, len(later), _MARK_CHUNK):
         conn.execute(sa.update(m).where(ids_in(m.c.id, later[start:start + _MARK_CHUNK]))
                      .values(status="duplicate_key", reason=KEY_REPEATED), execution_options=ONE_OFF)
-
-
-def _first_rows_held_back(conn: sa.Connection, campaign: str, occurrence: str, held: dict[str, list[Any]]) -> list[Selected]:
-    """The held rows that are their key's first row after all, in stream order. The stream holds
-    back every row of a key after the first, and never the first row of a key it has not seen:
-    so a key all of whose rows in the snapshot were held back came first as its first held row
-    (the filter took it for a repeat). Keys compare as Python compares them, as in
-    :func:`_mark_repeated_keys`, not in the database's collation."""
-    m = t.audience_members
-    wanted = [key for key, (_, first) in held.items() if first is not None]
-    rows: dict[str, int] = {}
-    for start in range(0, len(wanted), _MARK_CHUNK):
-        for (key,) in conn.execute(sa.select(m.c.recipient_key).where(
-                m.c.campaign == campaign, m.c.occurrence == occurrence,
-                m.c.recipient_key.in_(wanted[start:start + _MARK_CHUNK]))):
-            if key in held:
-                rows[key] = rows.get(key, 0) + 1
-    return [first for key, (times, first) in held.items() if first is not None and rows.get(key) == times]
+    if not held:
+        return []
+    return [first for key, (times, first) in held.items() if first is not None and rows_of.get(key) == times]
 
 
 class IncompleteAudience(Exception):
@@ -311,28 +320,29 @@ def select_audience(ctx: RunContext, follow: Callable[[StageWriter], Follower] |
     with StageWriter(ctx.store) as writer:
         follower = follow(writer) if follow is not None else None
         followed = Followed() if follower is not None else None
-        for columns, rows in _source_rows(ctx):
-            if not rows:
-                continue
+        for columns, rows, last in _marking_the_last(_source_rows(ctx)):
             key_at = _position(columns, ctx.campaign.audience.key)
             phone_at = _position(columns, ctx.campaign.audience.phone)
             members = _members(ctx, rows, key_at, phone_at, selected, repeats, counts, followed)
-            writer.submit(insert_members, (name, occ), tuple(columns), members, rows=len(members))
             selected += len(members)
-            ctx.progress("audience", selected, 0)
+            if last:  # left to write: these members and, followed, at most a ledger row per usable row
+                writer.expect_at_most(len(members) + (counts["ok"] if follower is not None else 0))
             if follower is not None and followed is not None:
+                # First, so that the chunk's lookups are asked while its snapshot rows are written.
                 follower.take(columns, followed.usable)
                 followed.usable = []
                 if repeats.key_candidates is None:  # too many keys held back to keep
                     follower.finish()
                     follower = followed = None
+            writer.submit(insert_members, (name, occ), tuple(columns), members, rows=len(members))
+            ctx.progress("audience", selected, 0)
         candidates = repeats.key_candidates
         del repeats  # its 30 MB before the rest
         writer.wait()  # the whole snapshot, for the repeated keys
         with ctx.store.write() as conn:
-            _mark_repeated_keys(conn, name, occ, candidates, counts)
+            firsts = _mark_repeated_keys(conn, name, occ, candidates, counts,
+                                         followed.held if followed is not None else None)
             conn.execute(sa.update(o).where(this_occurrence).values(audience_rows=selected))
-            firsts = _first_rows_held_back(conn, name, occ, followed.held) if followed is not None else []
         if follower is not None:
             if firsts:
                 follower.take(columns, firsts)
