@@ -463,10 +463,11 @@ class BusinessDatabase:
             ) from None
         name = self._engine.dialect.name
         self._dialect = "mysql" if name in ("mysql", "mariadb") else name
+        self._fast_rows = False  # whether streamed rows come through mysql_rows' reader
         if getattr(self._engine.dialect, "driver", None) == "pymysql":
             from .mysql_rows import stream_faster  # PyMySQL's row reading was half the audience stage
 
-            stream_faster(self._engine)
+            self._fast_rows = stream_faster(self._engine)
         self._mysql_session_sql: str | None = None  # decided on first connection
 
     # -------------------------------------------------------------- properties
@@ -735,15 +736,25 @@ class BusinessDatabase:
             return {}
 
         statement = sa.text(prepared).bindparams(sa.bindparam("keys", expanding=True))
+        # Integer keys (ids, the usual) are written into the statement as SQLAlchemy renders an
+        # integer literal: binding 5,000 of them, each named and escaped by the driver, was a third
+        # of a lookup's CPU, held under the GIL while the stage renders. Other keys stay bound.
+        integers = sa.text(prepared).bindparams(
+            sa.bindparam("keys", expanding=True, literal_execute=True, type_=sa.Integer())
+        )
+        if self._fast_rows:  # streamed, for mysql_rows' reader: a third of PyMySQL's time per row
+            statement = statement.execution_options(yield_per=self.chunk_size)
+            integers = integers.execution_options(yield_per=self.chunk_size)
         ordered = list(unique)
         found: dict[object, dict[str, object]] = {}
         with self.connect_read_only() as conn:
             for start in range(0, len(ordered), self.chunk_size):
                 batch = ordered[start : start + self.chunk_size]
+                whole = all(type(key) is int for key in batch)
                 try:
-                    result = conn.execute(statement, {**values, "keys": batch})
+                    result = conn.execute(integers if whole else statement, {**values, "keys": batch})
                     columns = list(result.keys())
-                    rows = result.all()
+                    rows = [row for part in result.partitions(self.chunk_size) for row in part]
                 except sa.exc.SQLAlchemyError as error:
                     raise self._error("lookup", error) from None
                 position = columns.index(self._match_column(columns, str(match)))

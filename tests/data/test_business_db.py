@@ -334,6 +334,21 @@ def test_lookup_keys_parameters_and_matching(db: BusinessDatabase) -> None:
         db.lookup(sql, [1], {"skip_tier": "x"}, match="nope")
 
 
+def test_integer_keys_are_written_into_the_lookup_and_other_keys_stay_bound(db: BusinessDatabase) -> None:
+    sql = "SELECT id, name FROM companies WHERE id IN :keys AND tier <> :skip_tier"
+    log = StatementLog(db.engine)
+    try:
+        by_int = db.lookup(sql, [3, 7, 999_999], {"skip_tier": "nope"}, match="id")
+        by_text = db.lookup(sql, ["3", "7", "999999"], {"skip_tier": "nope"}, match="id")
+    finally:
+        log.close()
+    assert set(by_int) == {3, 7} and set(by_text) == {"3", "7"}
+    assert [by_int[k]["name"] for k in (3, 7)] == [by_text[k]["name"] for k in ("3", "7")]
+    ints, texts = log.matching("FROM companies")
+    assert "IN (3, 7, 999999)" in ints and "nope" not in ints  # the other parameter is still bound
+    assert "999999" not in texts and "'3'" not in texts  # text keys are parameters
+
+
 def test_lookup_splits_more_keys_than_a_chunk(db: BusinessDatabase) -> None:
     log = StatementLog(db.engine)
     try:
