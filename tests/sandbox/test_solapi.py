@@ -201,6 +201,23 @@ def test_client_does_not_retry_a_refused_key(sandbox: SolapiSandbox, base_url: s
 # -- sending ------------------------------------------------------------------
 
 
+def test_a_message_in_neither_list_of_the_answer_is_unmatched() -> None:
+    """What SOLAPI leaves out of both lists has an unknown fate: the ledger reconciles it."""
+    from types import MappingProxyType
+
+    from campaignflow.resources.solapi import _parse_send_many
+
+    requested = [{"to": phone(i), "customFields": {"ledgerId": str(i)}} for i in range(1, 5)]
+    requested.append({"to": phone(5), "customFields": MappingProxyType({"ledgerId": 5})})  # any mapping, any scalar
+    requested.append({"to": phone(6)})  # no ledger id: not ours to match
+    answer = {"groupInfo": {"groupId": "G1"},
+              "messageList": [{"messageId": "M1", "customFields": {"ledgerId": "1"}, "statusCode": "2000"}],
+              "failedMessageList": {"M3": {"customFields": {"ledgerId": "3"}, "statusCode": "1062"}}}
+    result = _parse_send_many(answer, requested)
+    assert result.unmatched_ledger_ids == frozenset({"2", "4", "5"})
+    assert [m.message_id for m in result.messages] == ["M1", "M3"]
+
+
 def test_send_many_maps_ledger_ids_to_message_ids(client: SolapiClient, sandbox: SolapiSandbox) -> None:
     result = client.send_many([sms(1), sms(2), sms(3)])
 
