@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from campaignflow.resources import configurable as configurable_module
 from campaignflow.resources import solapi as solapi_module
+from campaignflow.pipelines.campaigns import claims as claims_module
 from campaignflow.pipelines.campaigns import deliveries as deliveries_module
 from campaignflow.pipelines.campaigns import messages as messages_module
 from campaignflow.state import writer as writer_module
@@ -200,7 +201,7 @@ def test_rows_another_run_held_as_the_claims_passed_are_sent_once_it_lets_them_g
     they passed it, and later released (its SOLAPI kept failing), is ready behind their cursor:
     the run looks for such rows before it ends, and sends them."""
     d = sa.table("deliveries", sa.column("id"), sa.column("status"), sa.column("batch_id"))
-    claim, calls = deliveries_module.claim_batch, {"n": 0}
+    claim, calls = claims_module.claim_batch, {"n": 0}
 
     def another_run_holds_then_releases(store: Any, conn: sa.Connection, *args: Any) -> Any:
         calls["n"] += 1
@@ -212,7 +213,7 @@ def test_rows_another_run_held_as_the_claims_passed_are_sent_once_it_lets_them_g
         return claim(store, conn, *args)
 
     counted = _spy_on_counting_ready_rows(monkeypatch)
-    monkeypatch.setattr(deliveries_module, "claim_batch", another_run_holds_then_releases)
+    monkeypatch.setattr(claims_module, "claim_batch", another_run_holds_then_releases)
     _set_batch_size(world, 20)
     outcome = world.run("review_request", live=True, occurrence="2026-11-05")
     assert outcome.success, outcome.error

@@ -14,7 +14,7 @@ STAGE_ONLY = ("httpx", "jinja2", "sqlglot", "dagster", "pymysql", "campaignflow.
               "campaignflow.pipelines.campaigns.audience", "campaignflow.pipelines.campaigns.messages",
               "campaignflow.pipelines.campaigns.deliveries")
 WRITER_JOBS = (audience.insert_members, messages.write_ledger_rows, deliveries.settle_groups,
-               claims.claim_batch, claims.release_batch)
+               claims.claim_batches, claims.release_batch)
 
 
 def test_every_stage_job_lives_in_a_module_the_writer_imports_cheaply() -> None:

@@ -131,6 +131,21 @@ def claim_batch(store: StateStore, conn: sa.Connection, plan: ClaimPlan, after: 
     return claim
 
 
+def claim_batches(store: StateStore, conn: sa.Connection, plan: ClaimPlan, after: int,
+                  reserved: Decimal = Decimal(0), batches: int = 1) -> list[Claim]:
+    """Up to `batches` consecutive claims in one durable transaction: one commit and one fsync
+    for them all, each its own batch id and SOLAPI request. Each later claim's policy counts the
+    earlier ones' cost as reserved. Stops at a claim that found nothing ready (`last_id` None)."""
+    claims = []
+    for _ in range(batches):
+        claim = claim_batch(store, conn, plan, after, reserved)
+        claims.append(claim)
+        if claim.last_id is None:
+            break
+        after, reserved = claim.last_id, reserved + claim.cost
+    return claims
+
+
 def release_batch(store: StateStore, conn: sa.Connection, plan: ClaimPlan, batch_id: str,
                   rows: Sequence[Any]) -> None:
     """A claimed batch goes back to `ready`: it never reached SOLAPI (a writer job)."""
