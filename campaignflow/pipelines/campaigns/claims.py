@@ -2,7 +2,8 @@
 rows go `pending` under a new batch id in one durable transaction, before SOLAPI hears of them.
 
 A claim is a writer job (state/writer.py): for a large stage it runs in the writer process,
-one batch ahead of the send, while the stage's process encodes and sends the batch before it.
+ahead of the send, while the stage's process encodes and sends the batches before it; one job
+claims a few batches (:func:`claim_batches`), so that their durable commit is paid once.
 So everything it needs travels in a :class:`ClaimPlan`, and what it did comes back in a
 :class:`Claim`. Budgets stay exact with a claim ahead of the sends because the writer runs jobs
 in order: when a claim runs, the batches the stage had landed when it asked are settled (their
