@@ -55,12 +55,14 @@ _loaded_heap_frozen = False
 
 def freeze_loaded_heap_once() -> None:
     """In a process that runs jobs itself (the CLI), before its first run: what is loaded by then
-    (Dagster, the definitions) is collected once and frozen, as the code location does at load
-    (frozen_after_loading), so a bulk stage's collections no longer walk it."""
+    (Dagster, the definitions) is frozen, so a bulk stage's collections no longer walk it. Unlike
+    the code location's load (frozen_after_loading) it is not collected first: in the CLI's
+    process that full collection freed at most 0.5 MB (a project of 1,000 campaigns, cold or
+    warm validation cache) and took 0.1-0.3 s, a tenth or more of a fresh process's first
+    10,000-recipient run."""
     global _loaded_heap_frozen
     if not _loaded_heap_frozen:
         _loaded_heap_frozen = True
-        gc.collect()
         gc.freeze()
 
 
