@@ -343,11 +343,10 @@ class _Claims:
     """
 
     def __init__(self, ctx: RunContext, plan: ClaimPlan, writer: StageWriter, summary: DeliverySummary,
-                 rendered: int | None = None, batches: int = BATCHES_PER_CLAIM) -> None:
+                 rendered: int | None = None) -> None:
         """`rendered`: the rows this run's messages stage rendered into an occurrence that had no
         ledger row before (RunContext.rendered_fresh), when nothing was reconciled since."""
         self.ctx, self.plan, self.writer, self.summary = ctx, plan, writer, summary
-        self.batches = max(1, batches)
         self.cursor = 0
         self.exhausted = False
         self._ahead: Pending | None = None
@@ -394,7 +393,8 @@ class _Claims:
 
     def _ask(self, reserved: Decimal) -> Pending:
         # rows=0: how much a claim writes is known once it has run; the settles count the rows
-        return self.writer.call(claim_batches, self.plan, self.cursor, reserved, self.batches, rows=0, durable=True)
+        return self.writer.call(claim_batches, self.plan, self.cursor, reserved, BATCHES_PER_CLAIM, rows=0,
+                                durable=True)
 
     def _taken(self, claims: list[Claim]) -> list[Claim]:
         for claim in claims:
