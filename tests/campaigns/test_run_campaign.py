@@ -288,7 +288,10 @@ def test_connection_dropped_after_solapi_accepted(world: CampaignWorld, writer: 
     world.sandbox.solapi.inject("drop_after_accept", times=1)
     outcome = world.run("review_request", live=True, occurrence="2026-11-06")
     assert outcome.success, outcome.error
-    assert outcome.metadata["deliveries"]["reconciled"] == batch
+    # Two batches are in flight at once and the answer lost is that of the first request SOLAPI
+    # admitted: a whole batch, or the last, shorter one when it overtook the one before it.
+    last = len(world.sandbox.solapi.accepted) % batch or batch
+    assert outcome.metadata["deliveries"]["reconciled"] in (batch, last)
     _assert_each_usable_recipient_got_exactly_one(world, "review_request", "2026-11-06")
     writer.assert_ran(*STAGE_JOBS)
 
